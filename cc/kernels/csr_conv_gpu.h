@@ -1,0 +1,68 @@
+// CUDA entry point of the Escort direct sparse convolution (see csr_conv.h
+// for the CSR format and the geometry). Framework-free: callers pass their
+// own stream and get a cudaError_t back.
+#ifndef ESCORT_CC_KERNELS_CSR_CONV_GPU_H_
+#define ESCORT_CC_KERNELS_CSR_CONV_GPU_H_
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cc/kernels/csr_conv.h"
+
+namespace escort {
+
+// fp32 sparse convolution on `stream`. All pointers are device memory:
+//   input        geometry.InputSize() floats in geometry.data_format
+//   row_offsets  K + 1 int32, column_indices / values `nnz` entries each
+//   bias         K floats, or nullptr
+//   output       geometry.OutputSize() floats in geometry.data_format
+// The arguments must have passed ValidateCsrFilter (on a host copy) and
+// ComputeConvGeometry. Returns the launch status (cudaGetLastError after
+// the launch); the work itself completes asynchronously on `stream`.
+cudaError_t CsrConv2DGpu(const ConvGeometry& geometry, const float* input,
+                         const int32_t* row_offsets,
+                         const int32_t* column_indices, const float* values,
+                         int64_t nnz, const float* bias, Activation activation,
+                         float* output, cudaStream_t stream);
+
+// Tile shape of one launch. A block computes `warps * channels_per_warp`
+// output channels for `images` images x `tile_h` x `tile_w` output pixels;
+// each lane holds `pixels_per_lane` (image, pixel) slots of each of its
+// warp's channels in registers, so images * tile_h * tile_w must not exceed
+// 32 * pixels_per_lane. Input channels are staged in shared memory
+// `chunk_c` at a time. Valid values:
+//   pixels_per_lane in {4, 8, 16}, channels_per_warp in {1, 2, 4},
+//   warps in {4, 8}, images and chunk_c powers of two, images <= 32,
+//   chunk_c <= 128.
+struct CsrConvGpuConfig {
+  int pixels_per_lane = 8;
+  int channels_per_warp = 2;
+  int warps = 8;
+  int images = 32;
+  int tile_h = 2;
+  int tile_w = 4;
+  int chunk_c = 16;
+};
+
+// The tile shape CsrConv2DGpu picks for `geometry` and `nnz` nonzeros on a
+// device with `num_sms` multiprocessors (a cost model of shared-memory
+// traffic, list building and waves; see csr_conv_gpu.cu).
+CsrConvGpuConfig ChooseCsrConvGpuConfig(const ConvGeometry& geometry,
+                                        int64_t nnz, int num_sms);
+
+// CsrConv2DGpu with an explicit tile shape, for tuning and tests. Returns
+// cudaErrorInvalidValue for a config outside the valid set above.
+cudaError_t CsrConv2DGpuWithConfig(const ConvGeometry& geometry,
+                                   const float* input,
+                                   const int32_t* row_offsets,
+                                   const int32_t* column_indices,
+                                   const float* values, int64_t nnz,
+                                   const float* bias, Activation activation,
+                                   float* output,
+                                   const CsrConvGpuConfig& config,
+                                   cudaStream_t stream);
+
+}  // namespace escort
+
+#endif  // ESCORT_CC_KERNELS_CSR_CONV_GPU_H_

@@ -1,0 +1,42 @@
+"""The one list of the op's C++/CUDA sources.
+
+Read by BUILD (load) and by setup.py (this file is also valid Python), so the
+two builds compile the same files. Paths are relative to the repository root.
+"""
+
+# Layer 1: framework-free kernels (no TensorFlow headers).
+KERNEL_HDRS = [
+    "cc/kernels/csr_conv.h",
+    "cc/kernels/csr_conv_cpu_internal.h",
+]
+
+KERNEL_SRCS = [
+    "cc/kernels/csr_validate.cc",
+    "cc/kernels/csr_conv_reference.cc",
+    "cc/kernels/csr_conv_cpu.cc",
+]
+
+# Layer 1 CUDA: compiled with nvcc, only when a CUDA toolkit is present.
+GPU_KERNEL_HDRS = [
+    "cc/kernels/csr_conv_gpu.h",
+]
+
+GPU_KERNEL_SRCS = [
+    "cc/kernels/csr_conv_gpu.cu",
+]
+
+# Layer 2: TensorFlow op registration and OpKernels.
+TF_HDRS = [
+    "cc/tf/csr_conv_attrs.h",
+    "cc/tf/csr_conv_kernels.h",
+]
+
+TF_SRCS = [
+    "cc/tf/csr_conv_op.cc",
+    "cc/tf/csr_conv_kernels.cc",
+]
+
+# Layer 2 GPU OpKernel: compiled with -DGOOGLE_CUDA=1 in the GPU flavour.
+TF_GPU_SRCS = [
+    "cc/tf/csr_conv_kernels_gpu.cc",
+]
