@@ -1,0 +1,38 @@
+// What the CPU and GPU OpKernels of Escort>CsrConv2D share: attribute
+// parsing and the validation of every input, done before any kernel runs.
+#ifndef ESCORT_CC_TF_CSR_CONV_KERNELS_H_
+#define ESCORT_CC_TF_CSR_CONV_KERNELS_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "cc/kernels/csr_conv.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+
+namespace tensorflow {
+namespace escort_tf {
+
+class CsrConv2DOpBase : public OpKernel {
+ public:
+  explicit CsrConv2DOpBase(OpKernelConstruction* context);
+
+ protected:
+  // Checks the inputs (row_offsets and column_indices must be in host
+  // memory), computes the geometry and allocates the output. The caller
+  // launches no kernel on an error or an empty output.
+  absl::Status ValidateAndAllocate(OpKernelContext* context,
+                           escort::ConvGeometry* geometry, Tensor** output);
+
+  escort::Activation activation() const { return activation_; }
+
+ private:
+  escort::ConvAttrs attrs_;
+  std::vector<int64_t> filter_shape_;
+  escort::Activation activation_ = escort::Activation::kNone;
+};
+
+}  // namespace escort_tf
+}  // namespace tensorflow
+
+#endif  // ESCORT_CC_TF_CSR_CONV_KERNELS_H_

@@ -1,0 +1,169 @@
+"""`sparse_conv2d`: the Python face of the `Escort>CsrConv2D` op."""
+
+from typing import Optional, Sequence, Union
+
+import tensorflow as tf
+
+from escort_tf import _loader
+from escort_tf.csr import SUPPORTED_DTYPES, CsrFilter
+
+IntOrPair = Union[int, Sequence[int]]
+
+_ACTIVATIONS = {None: "NONE", "linear": "NONE", "relu": "RELU", "relu6": "RELU6"}
+
+
+def _pair(value: IntOrPair, name: str) -> list:
+    """Normalises an int or a pair of ints to a list of two positive ints."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, int):
+        value = [value, value]
+    try:
+        pair = [int(v) for v in value]
+        if any(isinstance(v, bool) or int(v) != v for v in value):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < 1:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return pair
+
+
+def _padding(padding):
+    """Returns the op's (padding, explicit_paddings) attributes."""
+    if isinstance(padding, str):
+        if padding.upper() not in ("SAME", "VALID"):
+            raise ValueError(
+                f'padding must be "SAME", "VALID" or [[top, bottom], [left, right]], '
+                f"got {padding!r}")
+        return padding.upper(), []
+    try:
+        (top, bottom), (left, right) = padding
+        amounts = [int(top), int(bottom), int(left), int(right)]
+    except (TypeError, ValueError):
+        raise ValueError(
+            f'padding must be "SAME", "VALID" or [[top, bottom], [left, right]], '
+            f"got {padding!r}") from None
+    if min(amounts) < 0:
+        raise ValueError(f"padding amounts must be non-negative, got {padding!r}")
+    return "EXPLICIT", amounts
+
+
+def sparse_conv2d(input,  # pylint: disable=redefined-builtin
+                  filters: CsrFilter,
+                  bias=None,
+                  strides: IntOrPair = 1,
+                  padding="SAME",
+                  dilations: IntOrPair = 1,
+                  data_format: str = "NHWC",
+                  activation: Optional[str] = None,
+                  name: Optional[str] = None) -> tf.Tensor:
+    """2-D convolution with a sparse (CSR) filter, computed directly.
+
+    Equals `act(tf.nn.conv2d(input, filters.to_dense(), strides, padding,
+    data_format=data_format, dilations=dilations) + bias)`, but only the
+    filter's nonzeros are multiplied. One difference: a pruned (absent)
+    weight contributes nothing even where the input is NaN or Inf, whereas a
+    dense conv propagates `0 * NaN`.
+
+    Example:
+      >>> kernel = np.random.randn(3, 3, 16, 32).astype("float32")
+      >>> kernel[np.abs(kernel) < 1.5] = 0          # ~87% sparse
+      >>> csr = escort_tf.CsrFilter.from_dense(kernel)
+      >>> y = escort_tf.sparse_conv2d(x, csr, strides=2, activation="relu")
+
+    Args:
+      input: 4-D float tensor in `data_format` (float32, float16 or bfloat16).
+      filters: the `CsrFilter`; its values must have the input's dtype.
+      bias: optional `[cout]` vector added before the activation.
+      strides: int or (stride_h, stride_w).
+      padding: "SAME", "VALID", or explicit `[[top, bottom], [left, right]]`.
+      dilations: int or (dilation_h, dilation_w).
+      data_format: "NHWC" or "NCHW".
+      activation: None, "relu" or "relu6", fused into the op.
+      name: optional op name.
+
+    Returns:
+      The 4-D output tensor in `data_format`.
+
+    Raises:
+      TypeError: `filters` is not a CsrFilter, or dtypes disagree.
+      ValueError: a shape or an argument is invalid.
+    """
+    if not isinstance(filters, CsrFilter):
+        raise TypeError(f"filters must be an escort_tf.CsrFilter, got {type(filters).__name__}")
+    return csr_conv2d(input, filters.row_offsets, filters.column_indices, filters.values,
+                      filters.filter_shape, bias=bias, strides=strides, padding=padding,
+                      dilations=dilations, data_format=data_format,
+                      activation=activation, name=name)
+
+
+def csr_conv2d(input,  # pylint: disable=redefined-builtin
+               row_offsets,
+               column_indices,
+               values,
+               filter_shape: Sequence[int],
+               bias=None,
+               strides: IntOrPair = 1,
+               padding="SAME",
+               dilations: IntOrPair = 1,
+               data_format: str = "NHWC",
+               activation: Optional[str] = None,
+               name: Optional[str] = None) -> tf.Tensor:
+    """`sparse_conv2d` over CSR arrays given as tensors or variables.
+
+    For callers that hold the filter in variables (the Keras layer); the
+    arrays follow `CsrFilter`'s format and the op checks their contents.
+    Other arguments as in `sparse_conv2d`.
+    """
+    strides = _pair(strides, "strides")
+    dilations = _pair(dilations, "dilations")
+    padding_attr, explicit_paddings = _padding(padding)
+    if data_format not in ("NHWC", "NCHW"):
+        raise ValueError(f'data_format must be "NHWC" or "NCHW", got {data_format!r}')
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f'activation must be None, "relu" or "relu6", got {activation!r}')
+    filter_shape = [int(size) for size in filter_shape]
+    if len(filter_shape) != 4 or min(filter_shape) < 1:
+        raise ValueError(f"filter_shape must be 4 positive sizes (kh, kw, cin, cout), "
+                         f"got {filter_shape}")
+    kh, kw, cin, cout = filter_shape
+
+    with tf.name_scope(name or "sparse_conv2d"):
+        input = tf.convert_to_tensor(input, name="input")
+        if input.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"input must be float32, float16 or bfloat16, got {input.dtype.name}")
+        if input.shape.rank is not None and input.shape.rank != 4:
+            raise ValueError(f"input must be 4-D, got shape {input.shape}")
+        values = tf.convert_to_tensor(values, name="values")
+        if values.dtype != input.dtype:
+            raise TypeError(f"filter values are {values.dtype.name} but input is "
+                            f"{input.dtype.name}; cast one of them explicitly")
+        channels = input.shape[-1 if data_format == "NHWC" else 1]
+        if channels is not None and channels != cin:
+            raise ValueError(f"input has {channels} channels but filter_shape "
+                             f"{tuple(filter_shape)} expects {cin}")
+        if bias is None:
+            bias = tf.zeros([0], input.dtype)
+        else:
+            bias = tf.convert_to_tensor(bias, name="bias")
+            if bias.dtype != input.dtype:
+                raise TypeError(f"bias is {bias.dtype.name} but input is {input.dtype.name}")
+            if bias.shape.rank is not None and bias.shape.as_list() not in ([cout], [None]):
+                raise ValueError(f"bias must have shape [{cout}], got {bias.shape}")
+        return _loader.load_ops().escort_csr_conv2d(
+            input=input,
+            row_offsets=tf.convert_to_tensor(row_offsets, tf.int32, name="row_offsets"),
+            column_indices=tf.convert_to_tensor(column_indices, tf.int32,
+                                                name="column_indices"),
+            values=values,
+            bias=bias,
+            filter_shape=filter_shape,
+            strides=strides,
+            padding=padding_attr,
+            explicit_paddings=explicit_paddings,
+            dilations=dilations,
+            data_format=data_format,
+            activation=_ACTIVATIONS[activation])

@@ -1,0 +1,21 @@
+"""Test set-up shared by every test module.
+
+TFMOT works only with tf_keras, which TensorFlow picks when
+TF_USE_LEGACY_KERAS=1 is set before it is first imported; pytest imports
+conftest.py before any test module, so setting it here covers the suite.
+"""
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def rng(request):
+    """A numpy Generator seeded from the test's name: reproducible per test."""
+    seed = sum(ord(ch) * (i + 1) for i, ch in enumerate(request.node.nodeid)) % (2**32)
+    return np.random.default_rng(seed)
