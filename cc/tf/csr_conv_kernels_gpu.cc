@@ -3,7 +3,9 @@
 // they are validated on the host before anything is launched; they are then
 // copied to the device on the op's own stream.
 #if GOOGLE_CUDA
-#define EIGEN_USE_GPU
+#ifndef EIGEN_USE_GPU
+#define EIGEN_USE_GPU  // Eigen::GpuDevice, for the op's stream
+#endif
 
 #include <cuda_runtime.h>
 
