@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SAN_DIR := build/sanitize
-KERNEL_SRCS := cc/kernels/csr_validate.cc cc/kernels/csr_conv_reference.cc cc/kernels/csr_conv_cpu.cc
+# The layer-1 sources, from the list setup.py and Bazel read too.
+KERNEL_SRCS = $(shell $(PYTHON) -c 'exec(open("cc/sources.bzl").read()); print(*KERNEL_SRCS)')
 CXX ?= g++
 
 .PHONY: venv build demo test test-cc test-py bench-cpu clean

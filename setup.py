@@ -14,6 +14,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import tempfile
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -65,6 +66,23 @@ def _find_nvcc():
     return nvcc
 
 
+def _cuda_lib_dir(nvcc):
+    """Where libcudart_static.a lives; `nvcc` may be a wrapper script elsewhere."""
+    if os.environ.get("CUDA_HOME"):
+        return pathlib.Path(os.environ["CUDA_HOME"]) / "lib64"
+    # nvcc's dry run prints the toolkit root it really uses as "#$ TOP=...".
+    with tempfile.TemporaryDirectory() as tmp:
+        empty = pathlib.Path(tmp) / "empty.cu"
+        empty.write_text("")
+        dry_run = subprocess.run([nvcc, "-dryrun", "-c", str(empty), "-o", str(empty) + ".o"],
+                                 capture_output=True, text=True, check=False)
+    for line in (dry_run.stdout + dry_run.stderr).splitlines():
+        if line.startswith("#$ TOP="):
+            top = pathlib.Path(line.split("=", 1)[1].strip()).resolve()
+            return top / "lib64"
+    sys.exit(f"could not find the CUDA toolkit of {nvcc}; set CUDA_HOME")
+
+
 def _all_headers():
     return sorted((ROOT / "cc").rglob("*.h"))
 
@@ -99,7 +117,7 @@ class BuildEscortOps(build_ext):
                           f"-I{ROOT}"] + gencode
             for source in SOURCES["GPU_KERNEL_SRCS"]:
                 jobs.append((nvcc_flags, source))
-            cuda_lib = pathlib.Path(nvcc).resolve().parent.parent / "lib64"
+            cuda_lib = _cuda_lib_dir(nvcc)
             # Static cudart: the library loads on machines without a CUDA runtime.
             link_extra = [f"-L{cuda_lib}", "-lcudart_static", "-ldl", "-lrt", "-lpthread"]
 

@@ -8,12 +8,14 @@ two builds compile the same files. Paths are relative to the repository root.
 KERNEL_HDRS = [
     "cc/kernels/csr_conv.h",
     "cc/kernels/csr_conv_cpu_internal.h",
+    "cc/kernels/csr_conv_cpu_kernels.h",
 ]
 
 KERNEL_SRCS = [
     "cc/kernels/csr_validate.cc",
     "cc/kernels/csr_conv_reference.cc",
     "cc/kernels/csr_conv_cpu.cc",
+    "cc/kernels/csr_conv_cpu_x86.cc",
 ]
 
 # Layer 1 CUDA: compiled with nvcc, only when a CUDA toolkit is present.
