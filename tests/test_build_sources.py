@@ -13,8 +13,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCE_SUFFIXES = (".cc", ".cu", ".h")
-# Tests and benchmarks sit beside their kernel but are not part of the op.
-NOT_OP_STEMS = ("_test", "_bench")
+# Tests, benchmarks and fuzz targets sit beside their kernel but are not part of the op.
+NOT_OP_STEMS = ("_test", "_bench", "_fuzz")
 BAZEL_FILES = ["WORKSPACE", "BUILD", "cc/BUILD", "build_deps/BUILD",
                "build_deps/tf_configure.bzl", "build_deps/cuda.bzl",
                "build_deps/offline_rules.bzl", "tests/BUILD"]
@@ -40,7 +40,7 @@ def test_every_source_under_cc_is_listed():
         and str(path.relative_to(ROOT)) not in listed)
     assert not unlisted, (
         f"{unlisted} are under cc/ but not in cc/sources.bzl: add them to the "
-        "list they belong to, or name them *_test / *_bench")
+        "list they belong to, or name them *_test / *_bench / *_fuzz")
 
 
 def test_every_listed_source_exists():

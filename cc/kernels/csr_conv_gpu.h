@@ -32,9 +32,13 @@ cudaError_t CsrConv2DGpu(const ConvGeometry& geometry, const float* input,
 // warp's channels in registers, so images * tile_h * tile_w must not exceed
 // 32 * pixels_per_lane. Input channels are staged in shared memory
 // `chunk_c` at a time. Valid values:
-//   pixels_per_lane in {4, 8, 16}, channels_per_warp in {1, 2, 4},
-//   warps in {4, 8}, images and chunk_c powers of two, images <= 32,
-//   chunk_c <= 128.
+//   (pixels_per_lane, channels_per_warp, row_slots) one of the instances
+//   listed in csr_conv_gpu.cu, warps in {4, 8}, images and chunk_c powers
+//   of two, images <= 32, chunk_c <= min(128, 32 * warps).
+// row_slots 1 is the general path (any stride). row_slots > 1 is the fast
+// path for stride_w 1: a lane's slots form rows of row_slots pixels, so
+// tile_w must be (32 / images) * row_slots and tile_h
+// pixels_per_lane / row_slots.
 struct CsrConvGpuConfig {
   int pixels_per_lane = 8;
   int channels_per_warp = 2;
@@ -43,6 +47,7 @@ struct CsrConvGpuConfig {
   int tile_h = 2;
   int tile_w = 4;
   int chunk_c = 16;
+  int row_slots = 1;
 };
 
 // The tile shape CsrConv2DGpu picks for `geometry` and `nnz` nonzeros on a
