@@ -12,7 +12,7 @@ IntOrPair = Union[int, Sequence[int]]
 _ACTIVATIONS = {None: "NONE", "linear": "NONE", "relu": "RELU", "relu6": "RELU6"}
 
 
-def _pair(value: IntOrPair, name: str) -> list:
+def int_pair(value: IntOrPair, name: str) -> list:
     """Normalises an int or a pair of ints to a list of two positive ints."""
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
@@ -118,8 +118,8 @@ def csr_conv2d(input,  # pylint: disable=redefined-builtin
     arrays follow `CsrFilter`'s format and the op checks their contents.
     Other arguments as in `sparse_conv2d`.
     """
-    strides = _pair(strides, "strides")
-    dilations = _pair(dilations, "dilations")
+    strides = int_pair(strides, "strides")
+    dilations = int_pair(dilations, "dilations")
     padding_attr, explicit_paddings = _padding(padding)
     if data_format not in ("NHWC", "NCHW"):
         raise ValueError(f'data_format must be "NHWC" or "NCHW", got {data_format!r}')

@@ -1,0 +1,413 @@
+"""`convert` and `convert_checkpoint`: TFMOT-pruned tf_keras models onto the sparse op.
+
+The model is rebuilt with `tf_keras.models.clone_model(clone_function=...)`:
+each `Conv2D` (bare or inside a TFMOT `PruneLowMagnitude` wrapper) whose
+kernel, times its pruning mask, is at least `min_sparsity` zeros becomes a
+`SparseConv2D`; every other layer is cloned dense with its (masked) weights,
+and pruning wrappers are stripped. Unsupported layers are kept dense with the
+reason logged on the "escort_tf" logger and recorded in a `ConversionReport`.
+
+Example:
+
+    import escort_tf
+    sparse_model, report = escort_tf.convert(pruned_model, min_sparsity=0.7,
+                                             return_report=True)
+    print(report)   # one row per layer with a kernel: shape, sparsity, decision, why
+    sparse_model.predict(x)
+"""
+
+import dataclasses
+import logging
+import os
+import statistics
+import sys
+import time
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+# The public tfmot API exports no wrapper class to isinstance-check; strip_pruning uses this one.
+from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (
+    PruneLowMagnitude)
+
+from escort_tf.layers import SparseConv2D, unsupported_reason
+
+logger = logging.getLogger("escort_tf")
+
+_KERAS3_MESSAGE = (
+    "escort_tf.convert needs a tf_keras (Keras 2) model, but got a Keras 3 model ({cls}). "
+    "TFMOT pruning and escort_tf only work with tf_keras: build the model with "
+    "`import tf_keras`, or set the environment variable TF_USE_LEGACY_KERAS=1 before "
+    "TensorFlow is first imported so that `tf.keras` is tf_keras.{env}")
+
+
+@dataclasses.dataclass
+class LayerReport:
+    """What `convert` did with one layer.
+
+    Attributes:
+        name: the layer's name in the converted model.
+        layer_type: class name of the (unwrapped) layer, e.g. "Conv2D".
+        kernel_shape: the kernel's shape, or None (e.g. a nested model).
+        sparsity: fraction of zero weights in `kernel * mask`, or None.
+        decision: "sparse" (now a `SparseConv2D`) or "dense".
+        reason: why, in words.
+        sparse_ms: autotune's median time of the sparse layer, if measured.
+        dense_ms: autotune's median time of the dense layer, if measured.
+    """
+
+    name: str
+    layer_type: str
+    kernel_shape: Optional[Tuple[int, ...]]
+    sparsity: Optional[float]
+    decision: str
+    reason: str
+    sparse_ms: Optional[float] = None
+    dense_ms: Optional[float] = None
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    """The per-layer decisions of one `convert` call; `str()` gives a table.
+
+    Example:
+
+        _, report = escort_tf.convert(model, return_report=True)
+        report["conv2d"].decision      # -> "sparse"
+        [r.name for r in report if r.decision == "dense"]
+    """
+
+    rows: List[LayerReport]
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, name):
+        for row in self.rows:
+            if row.name == name:
+                return row
+        raise KeyError(f"no layer named {name!r} in the report; have {[r.name for r in self.rows]}")
+
+    def __str__(self):
+        def cell(value, fmt):
+            return "-" if value is None else format(value, fmt)
+
+        header = ("layer", "type", "kernel shape", "sparsity", "decision", "sparse ms",
+                  "dense ms", "reason")
+        lines = [header] + [
+            (r.name, r.layer_type, cell(r.kernel_shape and "x".join(map(str, r.kernel_shape)), "s"),
+             cell(r.sparsity, ".1%"), r.decision, cell(r.sparse_ms, ".3f"),
+             cell(r.dense_ms, ".3f"), r.reason)
+            for r in self.rows]
+        widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+        return "\n".join(
+            "  ".join(col.ljust(w) for col, w in zip(line, widths)) + "  " + line[-1]
+            for line in lines)
+
+
+@dataclasses.dataclass
+class _Plan:
+    """One original layer: what to clone it into."""
+
+    inner: tf_keras.layers.Layer           # the layer without its pruning wrapper
+    weights: List[np.ndarray]              # inner's weights, pruned ones times their mask
+    row: Optional[LayerReport] = None      # for layers with a kernel and nested models
+    kernel: Optional[np.ndarray] = None    # the masked kernel, for layers with one
+    input_shape: Optional[tf.TensorShape] = None  # set for sparse candidates
+
+
+def _check_model(model):
+    if isinstance(model, tf_keras.Model):
+        if not (isinstance(model, tf_keras.Sequential) or model._is_graph_network):
+            raise ValueError(
+                f"escort_tf.convert supports Sequential and functional tf_keras models; "
+                f"{type(model).__name__} is a subclassed model, which clone_model can't rebuild.")
+        if not model.built:
+            raise ValueError("The model is not built: give it an `Input` or call it on data "
+                             "first, so its layers have weights to convert.")
+        return
+    if any(c.__module__.split(".")[0] == "keras" for c in type(model).__mro__):
+        # Not os.environ: importing tfmot sets TF_USE_LEGACY_KERAS itself, too late for tf.keras.
+        keras3 = getattr(tf.keras, "version", lambda: "")().startswith("3.")
+        env = (" In this process `tf.keras` is Keras 3: TF_USE_LEGACY_KERAS=1 was not set "
+               "before TensorFlow was imported." if keras3 else "")
+        raise TypeError(_KERAS3_MESSAGE.format(cls=type(model).__name__, env=env))
+    raise TypeError(f"escort_tf.convert expects a tf_keras Model, got {type(model).__name__}.")
+
+
+def _unwrap(layer):
+    """Returns `(inner_layer, weights)` with pruned weights multiplied by their masks.
+
+    TFMOT only writes `kernel * mask` back into the kernel during training steps,
+    so a restored or saved kernel may still hold pruned values: always apply the mask.
+    """
+    if not isinstance(layer, PruneLowMagnitude):
+        return layer, layer.get_weights()
+    masks = {weight.ref(): mask for weight, mask, _ in layer.pruning_vars}
+    inner = layer.layer
+    weights = [w.numpy() * masks[w.ref()].numpy() if w.ref() in masks else w.numpy()
+               for w in inner.weights]
+    return inner, weights
+
+
+def _layer_input_shape(layer):
+    """The input shape of the layer's first call: shared layers may have several."""
+    try:
+        return tf.TensorShape(layer.get_input_shape_at(0))
+    except (RuntimeError, ValueError, TypeError):
+        return None  # never called, or called on several tensors at once
+
+
+def _plan(layer, min_sparsity):
+    if isinstance(layer, tf_keras.Model):
+        return _Plan(layer, [], row=LayerReport(
+            layer.name, type(layer).__name__, None, None, "dense",
+            "nested model: its layers are kept dense"))
+    inner, weights = _unwrap(layer)
+    # Depthwise and separable convs get a row too, so the table says why they stay dense.
+    kernel_var = getattr(inner, "kernel", getattr(inner, "depthwise_kernel", None))
+    if kernel_var is None:
+        return _Plan(inner, weights)
+    kernel = weights[[id(w) for w in inner.weights].index(id(kernel_var))]
+    sparsity = float(np.mean(kernel == 0))
+    row = LayerReport(inner.name, type(inner).__name__, tuple(kernel.shape), sparsity, "dense", "")
+    plan = _Plan(inner, weights, row, kernel)
+    reason = unsupported_reason(inner)
+    input_shape = _layer_input_shape(layer)
+    if reason is None and (input_shape is None or input_shape.rank != 4):
+        reason = f"input is not a single 4-D tensor (shape {input_shape})"
+    if reason is not None:
+        row.reason = reason
+    elif sparsity < min_sparsity:
+        row.reason = f"sparsity {sparsity:.1%} < min_sparsity {min_sparsity:.1%}"
+    else:
+        row.decision = "sparse"
+        row.reason = f"sparsity {sparsity:.1%} >= min_sparsity {min_sparsity:.1%}"
+        plan.input_shape = input_shape
+    return plan
+
+
+def _from_config(layer):
+    """A fresh, unbuilt copy of `layer` (what clone_model does by default)."""
+    return layer.__class__.from_config(layer.get_config())
+
+
+def _sparse_clone(plan):
+    return SparseConv2D.from_conv2d(plan.inner, mask=plan.kernel != 0)
+
+
+def _progress(items, desc):
+    """Iterates over `items` with a tqdm bar, or a line per item on stderr without tqdm."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is not None:
+        yield from tqdm(items, desc=desc, unit="layer")
+        return
+    for i, item in enumerate(items):
+        print(f"{desc}: {i + 1}/{len(items)}", file=sys.stderr, flush=True)
+        yield item
+
+
+def _median_ms(layers, x, budget_s, min_reps=3, max_reps=50):
+    """Median wall time in ms of each `layer(x)` run as a graph.
+
+    The layers are timed in turn, round by round, so drift in machine load
+    affects them alike; each is called once untimed first (tracing, caches).
+    """
+    calls = [tf.function(layer.__call__) for layer in layers]
+    for call in calls:
+        call(x).numpy()
+    times = [[] for _ in calls]
+    deadline = time.perf_counter() + budget_s
+    while len(times[0]) < min_reps or (len(times[0]) < max_reps and time.perf_counter() < deadline):
+        for call, samples in zip(calls, times):
+            start = time.perf_counter()
+            call(x).numpy()  # .numpy() waits for the result, also on GPU
+            samples.append(time.perf_counter() - start)
+    return [1e3 * statistics.median(samples) for samples in times]
+
+
+def _autotune(plans, batch_size, budget_s):
+    candidates = [p for p in plans if p.row is not None and p.row.decision == "sparse"]
+    for plan in _progress(candidates, "escort_tf autotune"):
+        row, shape = plan.row, plan.input_shape[1:]
+        if not shape.is_fully_defined():
+            row.reason += f"; autotune skipped: input shape {plan.input_shape} has unknown dims"
+            continue
+        x = tf.random.uniform([batch_size, *shape], dtype=plan.inner.compute_dtype)
+        dense = _from_config(plan.inner)
+        dense.build(x.shape)
+        dense.set_weights(plan.weights)
+        try:
+            row.sparse_ms, row.dense_ms = _median_ms([_sparse_clone(plan), dense], x, budget_s)
+        except tf.errors.OpError as e:  # e.g. a variant this device has no kernel for
+            row.reason += f"; autotune failed, kept: {e.message.splitlines()[0]}"
+            continue
+        row.decision = "sparse" if row.sparse_ms <= row.dense_ms else "dense"
+        row.reason = (f"autotune: sparse {row.sparse_ms:.3f} ms vs dense {row.dense_ms:.3f} ms "
+                      f"at batch {batch_size}")
+
+
+def convert(model, min_sparsity=0.5, autotune=False, *, autotune_batch_size=1,
+            autotune_budget_s=1.0, return_report=False):
+    """Returns a copy of `model` whose sparse enough `Conv2D` layers run on the sparse op.
+
+    Args:
+        model: a built Sequential or functional tf_keras model, pruning-wrapped
+            (`tfmot.sparsity.keras.prune_low_magnitude`) or stripped. It is not modified.
+        min_sparsity: a `Conv2D` whose masked kernel has at least this fraction
+            of zeros becomes a `SparseConv2D`.
+        autotune: if True, time each such layer sparse and dense on this device
+            with its input shape from the model and keep the faster.
+        autotune_batch_size: batch size autotune times with.
+        autotune_budget_s: rough time budget per layer for autotune (at least
+            three timed calls of each variant are made regardless).
+        return_report: if True, return `(model, ConversionReport)`.
+
+    Returns:
+        The new tf_keras model (uncompiled), or `(model, report)`. Its outputs
+        equal the masked dense model's up to float rounding.
+
+    Raises:
+        TypeError: `model` is not a tf_keras model (e.g. a Keras 3 one).
+        ValueError: an argument is out of range, or the model is subclassed or unbuilt.
+
+    Example:
+
+        sparse_model = escort_tf.convert(tfmot_model, min_sparsity=0.8, autotune=True)
+    """
+    _check_model(model)
+    if not 0.0 <= min_sparsity <= 1.0:
+        raise ValueError(f"`min_sparsity` must be in [0, 1], got {min_sparsity!r}.")
+    if not isinstance(autotune_batch_size, int) or autotune_batch_size <= 0:
+        raise ValueError(f"`autotune_batch_size` must be a positive int, got {autotune_batch_size!r}.")
+
+    plans: Dict[int, _Plan] = {id(layer): _plan(layer, min_sparsity) for layer in model.layers}
+    if autotune:
+        _autotune(plans.values(), autotune_batch_size, autotune_budget_s)
+
+    pending = []  # (cloned layer, weights): set once clone_model has built them
+
+    def dense_clone(inner, weights):
+        clone = _from_config(inner)
+        pending.append((clone, weights))
+        return clone
+
+    def clone_nested(layer):
+        if isinstance(layer, tf_keras.Model):
+            return tf_keras.models.clone_model(layer, clone_function=clone_nested)
+        return dense_clone(*_unwrap(layer))
+
+    def clone(layer):
+        plan = plans[id(layer)]
+        if isinstance(layer, tf_keras.Model):
+            return clone_nested(layer)
+        if plan.row is not None and plan.row.decision == "sparse":
+            return _sparse_clone(plan)
+        return dense_clone(plan.inner, plan.weights)
+
+    converted = tf_keras.models.clone_model(model, clone_function=clone)
+    for layer, weights in pending:
+        layer.set_weights(weights)
+
+    rows = [p.row for p in plans.values() if p.row is not None]
+    for row in rows:
+        logger.info("%s (%s): %s, %s", row.name, row.layer_type, row.decision, row.reason)
+    report = ConversionReport(rows)
+    return (converted, report) if return_report else converted
+
+
+def _checkpoint_keys(model):
+    """Maps each of `model.weights` to its checkpoint key relative to the model.
+
+    Keys follow TF's object-graph naming: the breadth-first shortest path of
+    child names from the root, escaped, plus "/.ATTRIBUTES/VARIABLE_VALUE".
+    """
+    wanted = {id(v): v for v in model.weights}
+    view = tf.train.TrackableView(model)
+    keys, seen, queue = {}, {id(model)}, [(model, "")]
+    while queue and len(keys) < len(wanted):
+        obj, path = queue.pop(0)
+        for name, child in view.children(obj).items():
+            if id(child) in seen:
+                continue
+            seen.add(id(child))
+            child_path = path + name.replace(".", "..").replace("/", ".S")
+            if id(child) in wanted:
+                keys[id(child)] = child_path + "/.ATTRIBUTES/VARIABLE_VALUE"
+            queue.append((child, child_path + "/"))
+    return [(wanted[i], keys.get(i)) for i in wanted]
+
+
+def convert_checkpoint(model, checkpoint_path, min_sparsity=0.5, **convert_kwargs):
+    """Restores a TFMOT training checkpoint into `model`, then `convert`s it.
+
+    Reads checkpoints written by `model.save_weights(prefix)` (TF format) and by
+    `tf.train.Checkpoint(<name>=model, ...).save/write(prefix)`. Extra entries
+    (optimizer slots, step counters) are ignored; every model variable must be
+    in the checkpoint with its shape. The checkpoint files are only read.
+
+    Args:
+        model: the pruning-wrapped tf_keras model that was trained, built.
+        checkpoint_path: a checkpoint prefix, or a directory (its latest checkpoint).
+        min_sparsity: as in `convert`.
+        **convert_kwargs: passed to `convert` (`autotune`, `return_report`, ...).
+
+    Returns:
+        What `convert` returns.
+
+    Raises:
+        FileNotFoundError: no checkpoint at `checkpoint_path`.
+        ValueError: model variables missing from the checkpoint or of another
+            shape; the message names each one.
+
+    Example:
+
+        pruned = tfmot.sparsity.keras.prune_low_magnitude(build_model(), ...)
+        sparse_model = escort_tf.convert_checkpoint(pruned, "train_dir/")
+    """
+    _check_model(model)
+    path = os.fspath(checkpoint_path)
+    if os.path.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise FileNotFoundError(f"No checkpoint found in directory {path!r}.")
+        path = latest
+    try:
+        stored = dict(tf.train.list_variables(path))
+    except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as e:
+        raise FileNotFoundError(f"Can't read a TF checkpoint at {path!r}: {e}") from e
+    keys = _checkpoint_keys(model)
+    # save_weights roots the checkpoint at the model; tf.train.Checkpoint(name=model) under name/.
+    prefixes = [""] + sorted({k.split("/", 1)[0] + "/" for k in stored if "/" in k})
+    prefix = max(prefixes, key=lambda p: sum(f"{p}{k}" in stored for _, k in keys if k))
+    missing = [f"{v.name} (key {prefix}{k})" for v, k in keys if not k or f"{prefix}{k}" not in stored]
+    mismatched = [f"{v.name}: model {v.shape.as_list()} vs checkpoint {stored[prefix + k]}"
+                  for v, k in keys if k and prefix + k in stored
+                  and list(stored[prefix + k]) != v.shape.as_list()]
+    if missing or mismatched:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} model variable(s) missing from the checkpoint: "
+                            + ", ".join(missing))
+        if mismatched:
+            problems.append(f"{len(mismatched)} shape mismatch(es): " + ", ".join(mismatched))
+        wrapped = any(isinstance(layer, PruneLowMagnitude) for layer in model.layers)
+        if not wrapped and any("/mask/" in k for k in stored):
+            problems.append("the checkpoint holds TFMOT pruning masks but the model has no "
+                            "pruning wrappers; wrap it with prune_low_magnitude first")
+        raise ValueError(
+            f"Checkpoint {path!r} does not match the model: " + "; ".join(problems)
+            + ". Pass the model exactly as it was trained (pruning-wrapped).")
+
+    # Every model variable was found above; the rest of the checkpoint (optimizer
+    # slots, save counters) is deliberately left unread.
+    root = {"root": model} if not prefix else {prefix[:-1]: model}
+    tf.train.Checkpoint(**root).restore(path).expect_partial()
+    return convert(model, min_sparsity=min_sparsity, **convert_kwargs)

@@ -1,0 +1,379 @@
+"""convert / convert_checkpoint: the masked dense model's outputs, on the sparse op."""
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras
+
+import escort_tf
+import pruned_models
+from escort_tf.convert import ConversionReport, PruneLowMagnitude
+from escort_tf.layers import SparseConv2D
+
+L = tf_keras.layers
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def layer_types(model):
+    return {layer.name: type(layer).__name__ for layer in model.layers}
+
+
+@pytest.mark.parametrize("stripped", [False, True], ids=["wrapped", "stripped"])
+@pytest.mark.parametrize("kind", pruned_models.BUILDERS)
+def test_matches_masked_dense_model(rng, kind, stripped):
+    pruned = pruned_models.prune(pruned_models.BUILDERS[kind](), 0.8, rng)
+    x = pruned_models.random_input(rng)
+    expected = pruned_models.masked_reference(pruned, x)
+    if stripped:
+        for wrapper in pruned.layers:
+            if isinstance(wrapper, PruneLowMagnitude):
+                wrapper.pruning_obj.weight_mask_op()
+        pruned = tfmot.sparsity.keras.strip_pruning(pruned)
+    converted, report = escort_tf.convert(pruned, return_report=True)
+    np.testing.assert_allclose(converted(x).numpy(), expected, **TOL)
+    np.testing.assert_allclose(converted.predict(x, verbose=0), expected, **TOL)
+    types = layer_types(converted)
+    conv_names = [row.name for row in report if row.layer_type == "Conv2D"]
+    assert conv_names and all(types[name] == "SparseConv2D" for name in conv_names)
+    assert "PruneLowMagnitude" not in types.values()
+    assert report["dense"].decision == "dense" and types["dense"] == "Dense"
+
+
+def test_uses_the_mask_when_the_kernel_is_not_yet_masked(rng):
+    pruned = pruned_models.prune(pruned_models.sequential(), 0.8, rng)
+    wrapper = pruned.layers[0]
+    kernel, mask = wrapper.layer.kernel.numpy(), wrapper.pruning_vars[0][1].numpy()
+    assert np.count_nonzero(kernel[mask == 0]) > 0  # the raw kernel would give other outputs
+    converted = escort_tf.convert(pruned)
+    assert converted.get_layer("conv_relu").csr_filter == escort_tf.CsrFilter.from_dense(
+        kernel * mask)
+
+
+@pytest.mark.parametrize("min_sparsity,expected_sparse", [
+    pytest.param(0.0, {"conv_a", "conv_b", "conv_c"}, id="zero_converts_all"),
+    pytest.param(0.5, {"conv_b", "conv_c"}, id="half"),
+    pytest.param(0.9, {"conv_c"}, id="high"),
+    pytest.param(1.0, set(), id="one_converts_none"),
+])
+def test_min_sparsity_threshold(rng, min_sparsity, expected_sparse):
+    pruned = pruned_models.prune(pruned_models.functional(),
+                                 {"conv_a": 0.3, "conv_b": 0.7, "conv_c": 0.95}, rng)
+    x = pruned_models.random_input(rng)
+    converted, report = escort_tf.convert(pruned, min_sparsity=min_sparsity, return_report=True)
+    sparse = {row.name for row in report if row.decision == "sparse"}
+    assert sparse == expected_sparse
+    types = layer_types(converted)
+    assert {n for n, t in types.items() if t == "SparseConv2D"} == expected_sparse
+    for row in report:
+        if row.layer_type == "Conv2D" and row.decision == "dense":
+            assert f"< min_sparsity {min_sparsity:.1%}" in row.reason
+    np.testing.assert_allclose(converted(x).numpy(), pruned_models.masked_reference(pruned, x),
+                               **TOL)
+
+
+def _nested_model():
+    inner = tf_keras.Sequential([tf_keras.Input((9, 9, 4)), L.Conv2D(4, 3, name="inner_conv")],
+                                name="inner_model")
+    x = tf_keras.Input(pruned_models.INPUT_SHAPE)
+    y = L.Conv2D(4, 3, padding="same", name="outer_conv")(x)
+    return tf_keras.Model(x, inner(y))
+
+
+def _unsupported_model(layer):
+    return lambda: tf_keras.Sequential([
+        tf_keras.Input(pruned_models.INPUT_SHAPE[:2] + (4,)), L.Conv2D(4, 1, name="outer_conv"),
+        layer()])
+
+
+UNSUPPORTED = {
+    "grouped": (_unsupported_model(lambda: L.Conv2D(4, 3, groups=2, name="odd")), "odd",
+                "groups=2"),
+    "float64_policy": (_unsupported_model(lambda: L.Conv2D(4, 3, dtype="float64", name="odd")),
+                       "odd", "compute dtype float64"),
+    "transpose": (_unsupported_model(lambda: L.Conv2DTranspose(4, 3, name="odd")), "odd",
+                  "Conv2DTranspose is not supported"),
+    "depthwise": (_unsupported_model(lambda: L.DepthwiseConv2D(3, name="odd")), "odd",
+                  "DepthwiseConv2D is not a Conv2D"),
+    "nested_model": (_nested_model, "inner_model", "nested model"),
+}
+
+
+@pytest.mark.parametrize("build,name,reason", UNSUPPORTED.values(), ids=UNSUPPORTED.keys())
+def test_unsupported_layers_kept_dense_with_reason(rng, caplog, build, name, reason):
+    model = build()
+    for weight in model.weights:  # sparse enough everywhere: only support decides
+        values = np.where(rng.random(weight.shape) < 0.9, 0, rng.standard_normal(weight.shape))
+        weight.assign(values.astype(weight.dtype.as_numpy_dtype))
+    x = rng.standard_normal((2, *model.input_shape[1:])).astype(np.float32)
+    with caplog.at_level(logging.INFO, logger="escort_tf"):
+        converted, report = escort_tf.convert(model, return_report=True)
+    assert report[name].decision == "dense" and reason in report[name].reason
+    assert report["outer_conv"].decision == "sparse"
+    assert type(converted.get_layer(name)) is type(model.get_layer(name))
+    assert any(r.name == "escort_tf" and name in r.getMessage() and reason in r.getMessage()
+               for r in caplog.records)
+    np.testing.assert_allclose(converted(x).numpy(), model(x).numpy(), **TOL)
+
+
+def test_nested_model_layers_are_copies(rng):
+    model = _nested_model()
+    converted = escort_tf.convert(model)
+    inner = converted.get_layer("inner_model").get_layer("inner_conv")
+    assert inner is not model.get_layer("inner_model").get_layer("inner_conv")
+    np.testing.assert_array_equal(inner.kernel.numpy(),
+                                  model.get_layer("inner_model").get_layer("inner_conv").kernel)
+
+
+def _shared_conv_two_sizes():
+    small, large = tf_keras.Input((6, 6, 3)), tf_keras.Input((9, 9, 3))
+    conv = L.Conv2D(4, 3, activation="relu", name="shared")
+    pool = L.GlobalAveragePooling2D()
+    return tf_keras.Model([small, large], [pool(conv(small)), pool(conv(large))])
+
+
+def _deferred_sequential():
+    model = tf_keras.Sequential([L.Conv2D(4, 3, name="conv"), L.Flatten()])
+    model(np.zeros((1, 7, 7, 3), np.float32))
+    return model
+
+
+def _wrapper_given_the_input_shape():
+    schedule = tfmot.sparsity.keras.ConstantSparsity(0.5, 0, frequency=1)
+    return tf_keras.Sequential([tfmot.sparsity.keras.prune_low_magnitude(
+        L.Conv2D(4, 3, name="conv"), pruning_schedule=schedule, input_shape=(7, 7, 3))])
+
+
+TOPOLOGIES = {
+    "shared_layer_two_input_sizes": (_shared_conv_two_sizes, "shared"),
+    "deferred_build_sequential": (_deferred_sequential, "conv"),
+    "wrapper_given_the_input_shape": (_wrapper_given_the_input_shape, "conv"),
+}
+
+
+@pytest.mark.parametrize("build,conv_name", TOPOLOGIES.values(), ids=TOPOLOGIES.keys())
+def test_other_topologies(rng, build, conv_name):
+    model = build()
+    for weight in model.weights:
+        if weight.shape.rank == 4:
+            weight.assign(np.where(rng.random(weight.shape) < 0.8, 0, weight.numpy()))
+    xs = [rng.standard_normal((2, *i.shape[1:])).astype(np.float32) for i in model.inputs]
+    expected = [np.asarray(y) for y in tf.nest.flatten(model(xs))]
+    converted = escort_tf.convert(model)
+    assert isinstance(converted.get_layer(conv_name), SparseConv2D)
+    for y, want in zip(tf.nest.flatten(converted(xs)), expected):
+        np.testing.assert_allclose(y.numpy(), want, **TOL)
+
+
+def test_source_model_is_untouched(rng):
+    pruned = pruned_models.prune(pruned_models.functional(), 0.8, rng)
+    before = [w.numpy().copy() for w in pruned.weights]
+    converted = escort_tf.convert(pruned)
+    assert all(isinstance(layer, PruneLowMagnitude) for layer in pruned.layers[1:])
+    for old, weight in zip(before, pruned.weights):
+        np.testing.assert_array_equal(weight.numpy(), old)
+    assert not set(map(id, converted.weights)) & set(map(id, pruned.weights))
+
+
+def test_keras3_model_is_refused_with_the_fix():
+    keras = pytest.importorskip("keras")
+    if not keras.__version__.startswith("3."):
+        pytest.skip("needs Keras 3")
+    model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(2, 3)])
+    with pytest.raises(TypeError, match=r"Keras 3 model.*tf_keras.*TF_USE_LEGACY_KERAS=1"):
+        escort_tf.convert(model)
+
+
+def test_tf_keras_being_keras3_is_explained():
+    # A fresh process without TF_USE_LEGACY_KERAS that uses tf.keras before importing
+    # escort_tf (whose tfmot import would otherwise still select tf_keras): Keras 3.
+    code = textwrap.dedent("""
+        import tensorflow as tf
+        model = tf.keras.Sequential([tf.keras.Input((6, 6, 1)), tf.keras.layers.Conv2D(2, 3)])
+        import escort_tf
+        escort_tf.convert(model)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode != 0
+    assert "TypeError: escort_tf.convert needs a tf_keras (Keras 2) model" in result.stderr
+    assert "`tf.keras` is Keras 3: TF_USE_LEGACY_KERAS=1 was not set" in result.stderr
+
+
+class _Subclassed(tf_keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.conv = L.Conv2D(2, 3)
+
+    def call(self, x):
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("model,kwargs,error,match", [
+    pytest.param(object(), {}, TypeError, "expects a tf_keras Model, got object", id="not_model"),
+    pytest.param(_Subclassed(), {}, ValueError, "subclassed", id="subclassed"),
+    pytest.param(tf_keras.Sequential([L.Conv2D(2, 3)]), {}, ValueError, "not built",
+                 id="unbuilt"),
+    pytest.param(None, dict(min_sparsity=1.5), ValueError, "min_sparsity", id="min_sparsity"),
+    pytest.param(None, dict(autotune_batch_size=0), ValueError, "autotune_batch_size",
+                 id="batch_size"),
+])
+def test_bad_arguments(model, kwargs, error, match):
+    model = pruned_models.sequential() if model is None else model
+    with pytest.raises(error, match=match):
+        escort_tf.convert(model, **kwargs)
+
+
+def test_autotune_records_timings_and_keeps_outputs(rng, capsys):
+    pruned = pruned_models.prune(pruned_models.sequential(), 0.8, rng)
+    x = pruned_models.random_input(rng)
+    converted, report = escort_tf.convert(pruned, min_sparsity=0.0, autotune=True,
+                                          autotune_batch_size=2, autotune_budget_s=0.05,
+                                          return_report=True)
+    tuned = [row for row in report if row.layer_type == "Conv2D"]
+    assert len(tuned) == 3
+    types = layer_types(converted)
+    for row in tuned:
+        assert row.sparse_ms > 0 and row.dense_ms > 0 and "autotune" in row.reason
+        faster = "sparse" if row.sparse_ms <= row.dense_ms else "dense"
+        assert row.decision == faster
+        assert types[row.name] == ("SparseConv2D" if faster == "sparse" else "Conv2D")
+    assert report["dense"].sparse_ms is None
+    assert "autotune" in capsys.readouterr().err  # the progress bar
+    np.testing.assert_allclose(converted(x).numpy(), pruned_models.masked_reference(pruned, x),
+                               **TOL)
+
+
+def test_autotune_skips_layers_with_unknown_spatial_dims(rng):
+    x = tf_keras.Input((None, None, 3))
+    model = tf_keras.Model(x, L.Conv2D(4, 3, name="conv")(x))
+    model.get_layer("conv").kernel.assign(np.zeros((3, 3, 3, 4), np.float32))
+    _, report = escort_tf.convert(model, autotune=True, return_report=True)
+    assert report["conv"].decision == "sparse" and "autotune skipped" in report["conv"].reason
+    assert report["conv"].sparse_ms is None
+
+
+def test_autotune_keeps_the_default_when_a_variant_fails(rng, monkeypatch):
+    def no_kernel(layers, x, budget_s):
+        raise tf.errors.UnimplementedError(None, None, "no kernel on this device\ndetails")
+
+    # sys.modules: the package attribute escort_tf.convert is the function, not the module.
+    monkeypatch.setattr(sys.modules["escort_tf.convert"], "_median_ms", no_kernel)
+    pruned = pruned_models.prune(pruned_models.sequential(), 0.8, rng)
+    _, report = escort_tf.convert(pruned, autotune=True, return_report=True)
+    row = report["conv_relu"]
+    assert row.decision == "sparse" and row.sparse_ms is None
+    assert row.reason.endswith("autotune failed, kept: no kernel on this device")
+
+
+def test_report_table_lists_every_layer_with_a_kernel(rng):
+    pruned = pruned_models.prune(pruned_models.sequential(), 0.8, rng)
+    _, report = escort_tf.convert(pruned, return_report=True)
+    assert isinstance(report, ConversionReport) and len(report) == 4
+    table = str(report).splitlines()
+    assert table[0].split()[:4] == ["layer", "type", "kernel", "shape"]
+    assert [line.split()[0] for line in table[1:]] == [
+        "conv_relu", "conv_tanh", "conv_linear", "dense"]
+    assert "3x3x3x8" in table[1] and "sparse" in table[1]
+    with pytest.raises(KeyError, match="no layer named 'nope'"):
+        report["nope"]
+
+
+def test_mixed_float16_model_converts(rng):
+    # A stripped model: TFMOT's wrapper calls the inner layer past Keras' autocasting.
+    tf_keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = pruned_models.functional()
+    finally:
+        tf_keras.mixed_precision.set_global_policy("float32")
+    for layer in model.layers[1:4]:
+        kernel = layer.kernel.numpy()
+        layer.kernel.assign(np.where(rng.random(kernel.shape) < 0.8, 0, kernel))
+    x = pruned_models.random_input(rng)
+    converted = escort_tf.convert(model)
+    assert isinstance(converted.get_layer("conv_b"), SparseConv2D)
+    assert converted.get_layer("conv_b").compute_dtype == "float16"
+    np.testing.assert_allclose(converted(x).numpy(), model(x).numpy(), rtol=1e-2, atol=1e-2)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A pruned Sequential trained two steps with TFMOT, and its masked outputs."""
+    rng = np.random.default_rng(7)
+    pruned = pruned_models.prune(pruned_models.sequential(), 0.0, rng)
+    pruned.compile("adam", "mse")
+    x = pruned_models.random_input(rng, batch=4)
+    pruned.fit(x, np.zeros((4, 3)), epochs=2, verbose=0,
+               callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    return pruned, x, pruned_models.masked_reference(pruned, x)
+
+
+def _save_weights(model, tmp_path):
+    model.save_weights(str(tmp_path / "weights"))
+    return str(tmp_path / "weights")
+
+
+def _checkpoint_write(model, tmp_path):
+    return tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(
+        str(tmp_path / "ckpt"))
+
+
+def _checkpoint_manager_dir(model, tmp_path):
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(net=model), str(tmp_path), 2)
+    manager.save()
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("save", [_save_weights, _checkpoint_write, _checkpoint_manager_dir],
+                         ids=["save_weights", "checkpoint_write", "checkpoint_manager_dir"])
+def test_convert_checkpoint_restores_then_converts(rng, tmp_path, trained, save):
+    model, x, expected = trained
+    path = save(model, tmp_path)
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    fresh = pruned_models.prune(pruned_models.sequential(), 0.3, rng)
+    converted, report = escort_tf.convert_checkpoint(fresh, path, min_sparsity=0.4,
+                                                     return_report=True)
+    # The restored masks, not fresh's 30% ones: training applied ConstantSparsity(0.5).
+    assert report["conv_relu"].sparsity == pytest.approx(0.5, abs=0.01)
+    assert report["conv_relu"].decision == "sparse"
+    np.testing.assert_allclose(converted(x).numpy(), expected, **TOL)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
+
+
+@pytest.mark.parametrize("make_model,match", [
+    pytest.param(lambda rng: pruned_models.sequential(), "no pruning wrappers",
+                 id="stripped_model"),
+    pytest.param(lambda rng: pruned_models.prune(pruned_models.functional(), 0.5, rng),
+                 r"missing from the checkpoint: .*dense/kernel:0", id="other_architecture"),
+])
+def test_convert_checkpoint_names_missing_variables(rng, tmp_path, trained, make_model, match):
+    path = _save_weights(trained[0], tmp_path)
+    with pytest.raises(ValueError, match=match):
+        escort_tf.convert_checkpoint(make_model(rng), path)
+
+
+def test_convert_checkpoint_names_shape_mismatches(rng, tmp_path, trained):
+    path = _save_weights(trained[0], tmp_path)
+    other = tf_keras.Sequential([
+        tf_keras.Input(pruned_models.INPUT_SHAPE),
+        L.Conv2D(5, 3, padding="same", activation="relu", name="conv_relu"),
+        L.Conv2D(6, (3, 1), strides=2, activation="tanh", name="conv_tanh"),
+        L.Conv2D(4, 2, dilation_rate=2, use_bias=False, name="conv_linear"),
+        L.Flatten(), L.Dense(3, name="dense")])
+    with pytest.raises(ValueError, match=r"conv_relu/kernel:0: model \[3, 3, 3, 5\] vs "
+                                         r"checkpoint \[3, 3, 3, 8\]"):
+        escort_tf.convert_checkpoint(pruned_models.prune(other, 0.5, rng), path)
+
+
+@pytest.mark.parametrize("where", ["missing_prefix", "empty_dir"])
+def test_convert_checkpoint_without_a_checkpoint(tmp_path, where):
+    path = tmp_path / "nothing" if where == "missing_prefix" else tmp_path
+    with pytest.raises(FileNotFoundError, match="checkpoint"):
+        escort_tf.convert_checkpoint(pruned_models.sequential(), path)
