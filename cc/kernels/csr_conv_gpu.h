@@ -20,6 +20,9 @@ namespace escort {
 // The arguments must have passed ValidateCsrFilter (on a host copy) and
 // ComputeConvGeometry. Returns the launch status (cudaGetLastError after
 // the launch); the work itself completes asynchronously on `stream`.
+// Nothing is launched (cudaSuccess) when N, P, Q or K is zero. Returns
+// cudaErrorInvalidValue when no tile fits in shared memory, which takes an
+// effective (dilated) filter window of roughly 150 x 150 or more.
 cudaError_t CsrConv2DGpu(const ConvGeometry& geometry, const float* input,
                          const int32_t* row_offsets,
                          const int32_t* column_indices, const float* values,
@@ -48,11 +51,16 @@ struct CsrConvGpuConfig {
   int tile_w = 4;
   int chunk_c = 16;
   int row_slots = 1;
+  // Bucket the block's CSR rows by chunk in shared memory once, instead of
+  // finding each chunk's nonzeros per chunk (needs <= 64 chunks; blocks
+  // whose rows overflow the pool fall back to the per-chunk path).
+  int preload = 1;
 };
 
 // The tile shape CsrConv2DGpu picks for `geometry` and `nnz` nonzeros on a
-// device with `num_sms` multiprocessors (a cost model of shared-memory
-// traffic, list building and waves; see csr_conv_gpu.cu).
+// device with `num_sms` multiprocessors: the cheapest valid config under a
+// cost model of issued instructions, shared-memory loads, staging, chunk
+// latency and waves, fitted to H100 timings (benchmarks/gpu/NOTES.md).
 CsrConvGpuConfig ChooseCsrConvGpuConfig(const ConvGeometry& geometry,
                                         int64_t nnz, int num_sms);
 

@@ -1,0 +1,870 @@
+// CUDA direct sparse convolution from a CSR filter (Escort), fp32.
+//
+// Why this shape: with unstructured 70-98% sparse filters every output
+// channel has its own nonzero pattern, so an input value fetched into a
+// register is rarely reused by a second FMA. Each useful FMA needs one
+// shared-memory load, and the shared pipe (one 32-lane load per cycle per
+// SM, against four 32-lane FMAs) is the structural ceiling: 16.7 TFLOP/s of
+// useful work on an H100. Everything else is kept off the hot loop:
+//   * A block owns `warps * KW` output channels and a tile of
+//     images x tile_h x tile_w output pixels. Per chunk of input channels it
+//     stages the input tile with its halo into shared memory as
+//     [c][y][x][image] (zero-filled outside the image: implicit padding,
+//     any stride and dilation), double-buffered with cp.async.
+//   * A warp walks the nonzeros of one output channel whose input channel
+//     lies in the chunk. Every lane holds PT (image, pixel) slots of that
+//     channel in registers, so each nonzero is one broadcast shared load of
+//     (byte offset, weight), then PT loads + PT FMAs per lane. Images are
+//     the fastest dimension (batch 32: one image per lane), so the 32 lanes
+//     read consecutive words for any stride. On the row-slot path (PC > 1,
+//     stride_w 1) a lane's slots sit 128 bytes apart and share one address
+//     register through load immediates.
+//   * The CSR arrays are used as given. When the block's rows fit, they are
+//     bucketed once by chunk into shared memory (coalesced reads, column j
+//     decoded into the byte offset of its tap and channel); otherwise each
+//     (channel, chunk) list is found per tap from cursors, one lane per tap
+//     (columns are ordered (r, s, c), so a tap's columns in a chunk are a
+//     contiguous run).
+//   * Results go through shared memory so that global stores are coalesced
+//     in either data format; bias and ReLU/ReLU6 are applied there.
+// The tile is chosen by a cost model fitted to H100 measurements
+// (ChooseCsrConvGpuConfig; benchmarks/gpu/NOTES.md has the data).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+
+#include "cc/kernels/csr_conv_gpu.h"
+
+namespace escort {
+namespace {
+
+constexpr int kMaxSmemBytes = 227 * 1024;  // opt-in limit per block, sm_80+.
+constexpr int kSmemPerSm = 228 * 1024;
+
+struct Params {
+  const float* input;
+  const int32_t* row_offsets;
+  const int32_t* column_indices;
+  const float* values;
+  const float* bias;
+  float* output;
+  int N, H, W, C, K, R, S, P, Q;
+  int stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left;
+  int nhwc, activation;
+  // Tile.
+  int nb, log_nb, th, tw, tih, tiw, cc, log_cc, log_kb;
+  int nbti;        // nb * tih * tiw: staged (image, pixel) positions.
+  int chan_pitch;  // floats between input channels of a staged tile (odd).
+  int tile_floats; // cc * chan_pitch.
+  int slot_pitch;  // floats between channels of the output staging (odd).
+  int tiles_p, tiles_q, k_groups;
+  // Byte offsets of the shared-memory sections.
+  int lists_off, cursors_off, tapoff_off, stab_off, otab_off;
+  // Preloaded filter (0 capacity: off): the block's CSR rows bucketed by
+  // chunk in shared memory, and each (row, chunk)'s start.
+  int pool_cap, pool_off, starts_off, nch;
+};
+
+// cp.async exists from sm_80 on; sm_75 stages synchronously (the barrier
+// after CpAsyncWait orders those stores just the same).
+__device__ __forceinline__ void CpAsync4(float* dst, const float* src,
+                                         bool valid) {
+#if __CUDA_ARCH__ >= 800
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  const int src_size = valid ? 4 : 0;  // 0 bytes read: zero fill (padding).
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d),
+               "l"(src), "r"(src_size));
+#else
+  *dst = valid ? __ldg(src) : 0.0f;
+#endif
+}
+// A 32-bit shared address plus an immediate keeps the hot loop at one add
+// per row of slots.
+template <int kOffset>
+__device__ __forceinline__ float LoadShared(uint32_t addr) {
+  float v;
+  asm volatile("ld.shared.f32 %0, [%1+%2];\n" : "=f"(v) : "r"(addr), "n"(kOffset));
+  return v;
+}
+// x[i] = slot i of the current nonzero; compile-time offsets need the
+// index as a template argument, hence the recursion.
+template <int PT, int PC, int I = 0>
+__device__ __forceinline__ void LoadSlots(float (&x)[PT],
+                                          const uint32_t (&base)[PC > 1 ? PT / PC : PT],
+                                          uint32_t offset) {
+  if constexpr (I < PT) {
+    x[I] = LoadShared<(PC > 1 ? (I % PC) * 128 : 0)>(
+        base[PC > 1 ? I / PC : I] + offset);
+    LoadSlots<PT, PC, I + 1>(x, base, offset);
+  }
+}
+__device__ __forceinline__ void CpAsyncCommit() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWait() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+#endif
+}
+
+// Copies input channels [c0, c0 + cc) of the block's tile into `buf`
+// ([c][stab position]); positions and channels outside the input read 0.
+__device__ __forceinline__ void StageChunk(const Params& p, float* buf,
+                                           const int* stab, int c0) {
+  const int tid = threadIdx.x, nthreads = blockDim.x;
+  if (p.nhwc) {
+    // Channel fastest: a warp reads runs of cc contiguous floats.
+    const int c = tid & (p.cc - 1);
+    const bool c_ok = c0 + c < p.C;
+    float* dst = buf + c * p.chan_pitch;
+    const int step = nthreads >> p.log_cc;
+    for (int m = tid >> p.log_cc; m < p.nbti; m += step) {
+      const int g = stab[m];
+      const bool ok = c_ok && g >= 0;
+      CpAsync4(dst + m, ok ? p.input + g + c0 + c : p.input, ok);
+    }
+  } else {
+    // Position fastest: runs along w are contiguous in NCHW.
+    const int hw = p.H * p.W;
+    int c = tid / p.nbti, m = tid - c * p.nbti;
+    const int total = p.cc * p.nbti;
+    for (int e = tid; e < total; e += nthreads) {
+      const int g = stab[m];
+      const bool ok = c0 + c < p.C && g >= 0;
+      CpAsync4(buf + c * p.chan_pitch + m,
+               ok ? p.input + g + (c0 + c) * hw : p.input, ok);
+      m += nthreads;
+      while (m >= p.nbti) {
+        m -= p.nbti;
+        ++c;
+      }
+    }
+  }
+}
+
+// Writes the nonzeros of one CSR row whose input channel lies in
+// [c0, c0 + clen) to `list` as (byte offset into the staging region, with
+// the current buffer's `buf_bytes` folded in, so that the hot loop forms
+// each address with one add; weight), and advances the row's per-tap
+// cursors: `cur[t]` is the first entry of tap t at or after channel c0.
+// One lane per tap, four entries per lane and round: at 90% sparsity a tap
+// has one or two entries per chunk, so a round or two covers the chunk,
+// where a 32-wide window per tap would issue nine. Returns the count.
+__device__ __forceinline__ int BuildList(const Params& p, int* cur,
+                                         const int* tapoff, int2* list,
+                                         int row_end, int c0, int clen,
+                                         int buf_bytes, int lane) {
+  constexpr int kU = 4;
+  const int rs = p.R * p.S;
+  const unsigned lanes_below = (1u << lane) - 1u;
+  int n = 0;
+  for (int t = lane; t - lane < rs; t += 32) {
+    const bool active = t < rs;
+    int next = active ? cur[t] : row_end;
+    const int lo = t * p.C + c0;
+    const int limit = lo + clen;
+    const int toff = active ? tapoff[t] + buf_bytes : 0;
+    while (true) {
+      int col[kU];
+      float val[kU];
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        const int idx = next + u;
+        col[u] = INT_MAX;
+        val[u] = 0.f;
+        if (idx < row_end) {
+          col[u] = __ldg(p.column_indices + idx);
+          val[u] = __ldg(p.values + idx);
+        }
+      }
+      // Columns ascend, so a lane's entries in range are a prefix of its
+      // kU; place them after those of the lanes below it.
+      unsigned ballot[kU];
+      int pos = n, total = 0, mine = 0;
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        const bool in = col[u] < limit;
+        ballot[u] = __ballot_sync(0xffffffffu, in);
+        pos += __popc(ballot[u] & lanes_below);
+        total += __popc(ballot[u]);
+        mine += in ? 1 : 0;
+      }
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        if (u < mine) {
+          list[pos + u] = make_int2((col[u] - lo) * p.chan_pitch * 4 + toff,
+                                    __float_as_int(val[u]));
+        }
+      }
+      n += total;
+      next += mine;
+      if (ballot[kU - 1] == 0u) break;  // No lane filled all kU: done.
+    }
+    if (active) cur[t] = next;
+  }
+  return n;
+}
+
+template <int PT, int KW, int PC>
+__global__ void __launch_bounds__(256, 2)
+    CsrConvKernel(const Params p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  float* region = reinterpret_cast<float*>(smem);
+  int2* lists = reinterpret_cast<int2*>(smem + p.lists_off);
+  int* cursors = reinterpret_cast<int*>(smem + p.cursors_off);
+  int* tapoff = reinterpret_cast<int*>(smem + p.tapoff_off);
+  int* stab = reinterpret_cast<int*>(smem + p.stab_off);
+  int* otab = reinterpret_cast<int*>(smem + p.otab_off);
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int nthreads = blockDim.x;
+  const int rs = p.R * p.S;
+  const int nslots = p.nb * p.th * p.tw;
+  const int tile_pixels = p.th * p.tw;
+
+  // Block -> (k group fastest, so blocks sharing an input tile run
+  // together and hit L2, then q tile, p tile, image group).
+  int bid = blockIdx.x;
+  const int kg = bid % p.k_groups;
+  bid /= p.k_groups;
+  const int tq = bid % p.tiles_q;
+  bid /= p.tiles_q;
+  const int tp = bid % p.tiles_p;
+  const int tn = bid / p.tiles_p;
+  const int n0 = tn * p.nb, p0 = tp * p.th, q0 = tq * p.tw;
+  const int kb = (nthreads >> 5) * KW;
+  const int k_warp = kg * kb + warp * KW;
+
+  // Tables shared by every chunk.
+  for (int t = tid; t < rs; t += nthreads) {
+    const int r = t / p.S, s = t - r * p.S;
+    tapoff[t] = ((r * p.dilation_h * p.tiw + s * p.dilation_w) << p.log_nb) * 4;
+  }
+  const int h0 = p0 * p.stride_h - p.pad_top;
+  const int w0 = q0 * p.stride_w - p.pad_left;
+  for (int m = tid; m < p.nbti; m += nthreads) {
+    const int n = n0 + (m & (p.nb - 1));
+    const int pix = m >> p.log_nb;
+    const int y = pix / p.tiw, x = pix - y * p.tiw;
+    const int h = h0 + y, w = w0 + x;
+    int g = -1;
+    if (n < p.N && h >= 0 && h < p.H && w >= 0 && w < p.W) {
+      g = p.nhwc ? ((n * p.H + h) * p.W + w) * p.C
+                 : (n * p.C * p.H + h) * p.W + w;
+    }
+    stab[m] = g;
+  }
+  for (int sl = tid; sl < nslots; sl += nthreads) {
+    const int n = n0 + (sl & (p.nb - 1));
+    const int pix = sl >> p.log_nb;
+    const int py = pix / p.tw, px = pix - py * p.tw;
+    const int op = p0 + py, oq = q0 + px;
+    int o = -1;
+    if (n < p.N && op < p.P && oq < p.Q) {
+      o = p.nhwc ? ((n * p.P + op) * p.Q + oq) * p.K
+                 : (n * p.K * p.P + op) * p.Q + oq;
+    }
+    otab[sl] = o;
+  }
+
+  // Preload: when the block's rows fit, bucket them once by input-channel
+  // chunk into shared memory, already decoded (byte offset of the tap and
+  // channel in the chunk's buffer, weight). Every chunk's list for every
+  // row is then a contiguous run, with no per-chunk CSR reads at all.
+  int2* pool = reinterpret_cast<int2*>(smem + p.pool_off);
+  int* starts = reinterpret_cast<int*>(smem + p.starts_off);
+  const int kb_first = min(kg * kb, p.K);
+  const int kb_last = min(kg * kb + kb, p.K);
+  const int block_base = __ldg(p.row_offsets + kb_first);
+  const bool preload =
+      p.pool_cap > 0 &&
+      __ldg(p.row_offsets + kb_last) - block_base <= p.pool_cap;
+  __syncthreads();  // tapoff ready.
+  if (preload) {
+    const unsigned lanes_below = (1u << lane) - 1u;
+#pragma unroll
+    for (int kk = 0; kk < KW; ++kk) {
+      const int k = k_warp + kk;
+      if (k >= p.K) break;
+      const int rb = __ldg(p.row_offsets + k), re = __ldg(p.row_offsets + k + 1);
+      int* st = starts + (warp * KW + kk) * (p.nch + 1);
+      for (int h = lane; h <= p.nch; h += 32) st[h] = 0;
+      __syncwarp();
+      // Pass 1: entries per chunk.
+      for (int i0 = rb; i0 < re; i0 += 32) {
+        const int idx = i0 + lane;
+        const bool ok = idx < re;
+        const unsigned active = __ballot_sync(0xffffffffu, ok);
+        if (ok) {
+          const int col = __ldg(p.column_indices + idx);
+          const int t = col / p.C;
+          const int h = (col - t * p.C) >> p.log_cc;
+          const unsigned peers = __match_any_sync(active, h);
+          if ((peers & lanes_below) == 0) st[h + 1] += __popc(peers);
+        }
+        __syncwarp();
+      }
+      // Exclusive prefix over chunks (serial per lane 0: nch <= 64).
+      if (lane == 0) {
+        int run = rb - block_base;
+        for (int h = 0; h <= p.nch; ++h) {
+          run += st[h];
+          st[h] = run;
+        }
+      }
+      __syncwarp();
+      // st[h] now holds the start of chunk h; use st[h] as the running
+      // write position and restore it afterwards from the end of h - 1.
+      for (int i0 = rb; i0 < re; i0 += 32) {
+        const int idx = i0 + lane;
+        const bool ok = idx < re;
+        const unsigned active = __ballot_sync(0xffffffffu, ok);
+        int h = 0, pos = 0, n_peers = 0;
+        bool leader = false;
+        int2 entry;
+        if (ok) {
+          const int col = __ldg(p.column_indices + idx);
+          const int t = col / p.C;
+          const int c = col - t * p.C;
+          h = c >> p.log_cc;
+          const unsigned peers = __match_any_sync(active, h);
+          leader = (peers & lanes_below) == 0;
+          n_peers = __popc(peers);
+          pos = st[h] + __popc(peers & lanes_below);
+          entry = make_int2(((c & (p.cc - 1)) * p.chan_pitch) * 4 + tapoff[t] +
+                                (h & 1) * p.tile_floats * 4,
+                            __float_as_int(__ldg(p.values + idx)));
+        }
+        __syncwarp();
+        if (ok) {
+          pool[pos] = entry;
+          if (leader) st[h] += n_peers;
+        }
+        __syncwarp();
+      }
+      // Shift back: start of h = end of h - 1.
+      int carry = rb - block_base;
+      for (int h0 = 0; h0 <= p.nch; h0 += 32) {
+        const int h = h0 + lane;
+        const int v = h <= p.nch ? st[h] : 0;
+        int prev = __shfl_up_sync(0xffffffffu, v, 1);
+        if (lane == 0) prev = carry;
+        carry = __shfl_sync(0xffffffffu, v, 31);
+        __syncwarp();
+        if (h <= p.nch) st[h] = prev;
+        __syncwarp();
+      }
+    }
+  }
+
+  // Row bounds and the first entry of every tap (binary search, one lane
+  // per tap).
+  int* my_cur = cursors + warp * KW * rs;
+  int2* my_list = lists + warp * rs * p.cc;
+  int row_end[KW];
+#pragma unroll
+  for (int kk = 0; kk < KW; ++kk) {
+    const int k = k_warp + kk;
+    int rb = 0, re = 0;
+    if (k < p.K) {
+      rb = __ldg(p.row_offsets + k);
+      re = __ldg(p.row_offsets + k + 1);
+    }
+    row_end[kk] = re;
+    for (int t = lane; t < rs && !preload; t += 32) {
+      const int key = t * p.C;
+      int lo = rb, hi = re;
+      while (lo < hi) {
+        const int mid = (lo + hi) >> 1;
+        if (__ldg(p.column_indices + mid) < key) lo = mid + 1; else hi = mid;
+      }
+      my_cur[kk * rs + t] = lo;
+    }
+  }
+
+  // This lane's slots: image n_l of the tile, pixels g, g + G, g + 2G, ...
+  const int n_l = lane & (p.nb - 1);
+  const int g_l = lane >> p.log_nb;
+  const int g_step = 32 >> p.log_nb;
+  // Shared-memory byte addresses of the slots in the staging region.
+  const uint32_t region_addr =
+      static_cast<uint32_t>(__cvta_generic_to_shared(region));
+  // PC == 1: one address per slot (any stride, any tile). PC > 1: the
+  // lane's slots come in rows of PC pixels g_step apart with stride_w 1, so
+  // neighbours sit exactly 32 words (128 bytes) apart whatever the image
+  // count, and PC loads share one address register through immediates.
+  constexpr int kBases = PC > 1 ? PT / PC : PT;
+  uint32_t base[kBases];
+#pragma unroll
+  for (int b = 0; b < kBases; ++b) {
+    int pix = PC > 1 ? g_l + b * p.tw : g_l + g_step * b;
+    if (pix >= tile_pixels) pix = 0;  // Spare slot: computes, never stored.
+    const int py = pix / p.tw, px = pix - py * p.tw;
+    base[b] = region_addr +
+              4u * (((py * p.stride_h * p.tiw + px * p.stride_w) << p.log_nb) +
+                    n_l);
+  }
+
+  float acc[KW][PT];
+#pragma unroll
+  for (int kk = 0; kk < KW; ++kk)
+#pragma unroll
+    for (int i = 0; i < PT; ++i) acc[kk][i] = 0.f;
+
+  __syncthreads();  // stab ready.
+  const int nch = (p.C + p.cc - 1) / p.cc;
+  if (nch > 0) StageChunk(p, region, stab, 0);
+  CpAsyncCommit();
+  for (int ch = 0; ch < nch; ++ch) {
+    const int c0 = ch * p.cc;
+    const int clen = min(p.cc, p.C - c0);
+    if (ch + 1 < nch) {
+      StageChunk(p, region + ((ch + 1) & 1) * p.tile_floats, stab, c0 + p.cc);
+      CpAsyncCommit();
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
+    }
+    __syncthreads();
+    const int buf_bytes = (ch & 1) * p.tile_floats * 4;
+#pragma unroll
+    for (int kk = 0; kk < KW; ++kk) {
+      if (k_warp + kk < p.K) {
+        const int2* list;
+        int n;
+        if (preload) {
+          const int* st = starts + (warp * KW + kk) * (p.nch + 1);
+          list = pool + st[ch];
+          n = st[ch + 1] - st[ch];
+        } else {
+          n = BuildList(p, my_cur + kk * rs, tapoff, my_list, row_end[kk], c0,
+                        clen, buf_bytes, lane);
+          list = my_list;
+          __syncwarp();
+        }
+#pragma unroll 2
+        for (int e = 0; e < n; ++e) {
+          const int2 ow = list[e];
+          const float w = __int_as_float(ow.y);
+          float x[PT];  // All PT loads in flight before the first FMA.
+          LoadSlots<PT, PC>(x, base, ow.x);
+#pragma unroll
+          for (int i = 0; i < PT; ++i) acc[kk][i] = fmaf(w, x[i], acc[kk][i]);
+        }
+        __syncwarp();
+      }
+    }
+    __syncthreads();  // Before the next stage overwrites this buffer.
+  }
+
+  // Epilogue: registers -> shared [channel][slot] -> coalesced stores.
+  float* ob = region;
+#pragma unroll
+  for (int kk = 0; kk < KW; ++kk) {
+#pragma unroll
+    for (int i = 0; i < PT; ++i) {
+      const int pix = g_l + g_step * i;
+      if (pix < tile_pixels) {
+        ob[(warp * KW + kk) * p.slot_pitch + (pix << p.log_nb) + n_l] =
+            acc[kk][i];
+      }
+    }
+  }
+  __syncthreads();
+  const int k_block = kg * kb;
+  if (p.nhwc) {
+    // Channel fastest: consecutive threads write consecutive channels.
+    const int total = nslots << p.log_kb;
+    for (int e = tid; e < total; e += nthreads) {
+      const int kl = e & (kb - 1), sl = e >> p.log_kb;
+      const int k = k_block + kl;
+      const int o = otab[sl];
+      if (o >= 0 && k < p.K) {
+        float v = ob[kl * p.slot_pitch + sl];
+        if (p.bias != nullptr) v += __ldg(p.bias + k);
+        if (p.activation == 1) v = fmaxf(v, 0.f);
+        if (p.activation == 2) v = fminf(fmaxf(v, 0.f), 6.f);
+        p.output[o + k] = v;
+      }
+    }
+  } else {
+    const int pq = p.P * p.Q;
+    for (int kl = warp; kl < kb; kl += nthreads >> 5) {
+      const int k = k_block + kl;
+      if (k >= p.K) break;
+      const float b = p.bias != nullptr ? __ldg(p.bias + k) : 0.f;
+      for (int sl = lane; sl < nslots; sl += 32) {
+        const int o = otab[sl];
+        if (o >= 0) {
+          float v = ob[kl * p.slot_pitch + sl] + b;
+          if (p.activation == 1) v = fmaxf(v, 0.f);
+          if (p.activation == 2) v = fminf(fmaxf(v, 0.f), 6.f);
+          p.output[o + k * pq] = v;
+        }
+      }
+    }
+  }
+}
+
+// (pixels_per_lane, channels_per_warp, row_slots) instantiated. row_slots
+// (PC) 1 is the general path; PC > 1 needs stride_w 1 and
+// tile_w == (32 / images) * PC, tile_h == PT / PC.
+#define ESCORT_KERNEL_INSTANCES(X)                                        \
+  X(4, 1, 1) X(4, 2, 1) X(4, 4, 1) X(8, 1, 1) X(8, 2, 1) X(8, 4, 1)       \
+  X(16, 1, 1) X(16, 2, 1) X(4, 2, 4) X(4, 4, 4) X(8, 2, 4) X(8, 4, 4)     \
+  X(8, 2, 8) X(8, 4, 8) X(16, 1, 8) X(16, 2, 8) X(16, 2, 4) X(16, 1, 4)
+
+bool Instantiated(int pt, int kw, int pc) {
+#define ESCORT_MATCH(PT, KW, PC) \
+  if (pt == PT && kw == KW && pc == PC) return true;
+  ESCORT_KERNEL_INSTANCES(ESCORT_MATCH)
+#undef ESCORT_MATCH
+  return false;
+}
+
+int Log2(int v) {
+  int l = 0;
+  while ((1 << l) < v) ++l;
+  return l;
+}
+bool IsPow2(int v) { return v > 0 && (v & (v - 1)) == 0; }
+
+struct Layout {
+  int tih, tiw, nbti, chan_pitch, tile_floats, slot_pitch;
+  int lists_off, cursors_off, tapoff_off, stab_off, otab_off, smem_bytes;
+  int pool_cap, pool_off, starts_off, nch;
+};
+
+int AlignUp(int v, int a) { return (v + a - 1) / a * a; }
+
+Layout MakeLayout(const ConvGeometry& g, const CsrConvGpuConfig& c,
+                  int64_t nnz) {
+  Layout l;
+  const int rs = static_cast<int>(g.R * g.S);
+  l.tih = static_cast<int>((c.tile_h - 1) * g.stride_h + (g.R - 1) * g.dilation_h + 1);
+  l.tiw = static_cast<int>((c.tile_w - 1) * g.stride_w + (g.S - 1) * g.dilation_w + 1);
+  l.nbti = c.images * l.tih * l.tiw;
+  // Odd pitches: NHWC staging stores and NHWC epilogue loads walk these
+  // strides across lanes, so an odd stride keeps them bank-conflict free.
+  l.chan_pitch = l.nbti | 1;
+  l.tile_floats = c.chunk_c * l.chan_pitch;
+  const int nslots = c.images * c.tile_h * c.tile_w;
+  l.slot_pitch = nslots | 1;
+  const int kb = c.warps * c.channels_per_warp;
+  const int region = std::max(2 * l.tile_floats, kb * l.slot_pitch);
+  int off = AlignUp(region * 4, 16);
+  l.lists_off = off;
+  off += c.warps * rs * c.chunk_c * 8;
+  l.cursors_off = off;
+  off += c.warps * c.channels_per_warp * rs * 4;
+  l.tapoff_off = off;
+  off += rs * 4;
+  l.stab_off = off;
+  off += l.nbti * 4;
+  l.otab_off = off;
+  off += nslots * 4;
+  l.nch = static_cast<int>((g.C + c.chunk_c - 1) / c.chunk_c);
+  l.pool_cap = 0;
+  if (c.preload && l.nch <= 64 && g.K > 0) {
+    // Room for 1.25x the block's expected entries; a block whose rows are
+    // longer takes the per-chunk path instead.
+    const double mean = static_cast<double>(nnz) / g.K * kb;
+    l.pool_cap = static_cast<int>(std::min<double>(1.25 * mean + 64, 1 << 20));
+  }
+  off = AlignUp(off, 8);
+  l.pool_off = off;
+  off += l.pool_cap * 8;
+  l.starts_off = off;
+  off += l.pool_cap > 0 ? kb * (l.nch + 1) * 4 : 0;
+  l.smem_bytes = AlignUp(off, 16);
+  return l;
+}
+
+bool ConfigValid(const ConvGeometry& g, const CsrConvGpuConfig& c,
+                 int64_t nnz) {
+  const int pt = c.pixels_per_lane, kw = c.channels_per_warp;
+  if (!Instantiated(pt, kw, c.row_slots)) return false;
+  if (c.warps != 4 && c.warps != 8) return false;
+  if (!IsPow2(c.images) || c.images > 32) return false;
+  if (c.row_slots > 1 &&
+      (g.stride_w != 1 || c.tile_w != (32 / c.images) * c.row_slots ||
+       c.tile_h != pt / c.row_slots)) {
+    return false;
+  }
+  if (!IsPow2(c.chunk_c) || c.chunk_c > 128 || c.chunk_c > 32 * c.warps)
+    return false;
+  if (c.tile_h < 1 || c.tile_w < 1) return false;
+  if (static_cast<int64_t>(c.images) * c.tile_h * c.tile_w > 32 * pt)
+    return false;
+  return MakeLayout(g, c, nnz).smem_bytes <= kMaxSmemBytes;
+}
+
+template <int PT, int KW, int PC>
+cudaError_t LaunchOn(const Params& p, int blocks, int threads, int smem,
+                     cudaStream_t stream) {
+  // The dynamic shared-memory limit is a per-device attribute of the
+  // function; setting it on every call is cheap next to the launch and keeps
+  // multi-device processes correct.
+  cudaError_t err = cudaFuncSetAttribute(
+      CsrConvKernel<PT, KW, PC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      smem);
+  if (err != cudaSuccess) return err;
+  CsrConvKernel<PT, KW, PC><<<blocks, threads, smem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+// Estimated SM-cycles of one config. Calibrated with Nsight Compute on the
+// H100 (benchmarks/gpu/NOTES.md): the kernel issues about 2.6 instructions
+// per cycle per SM, and its cost is instructions (the hot loop's load, FMA
+// and address add per slot, the per-tap list rounds, the staging copies)
+// or the shared-memory pipe (one 32-lane load per cycle), whichever is
+// larger, times the wave quantisation of the grid.
+// Constants of the model, fitted to the H100 timings of NOTES.md: per-chunk
+// block overhead (barrier, cp.async wait, list latency) in cycles, staging
+// instructions per copied word, warps per SM that hide latency, preload
+// instructions per entry, issued instructions per cycle, and the latency
+// of one chunk for one warp (sets the floor when the grid is small).
+constexpr double kCostModel[6] = {86.0, 5.94, 16.8, 1.1, 3.99, 247.2};
+
+double EstimateCost(const ConvGeometry& g, double density, int64_t nnz,
+                    const CsrConvGpuConfig& c, int num_sms) {
+  const Layout l = MakeLayout(g, c, nnz);
+  const double rs = static_cast<double>(g.R * g.S);
+  const int kb = c.warps * c.channels_per_warp;
+  const int pt = c.pixels_per_lane;
+  const int64_t blocks = ((g.N + c.images - 1) / c.images) *
+                         ((g.P + c.tile_h - 1) / c.tile_h) *
+                         ((g.Q + c.tile_w - 1) / c.tile_w) *
+                         ((g.K + kb - 1) / kb);
+  const int64_t nch = (g.C + c.chunk_c - 1) / c.chunk_c;
+  const double clen = static_cast<double>(std::min<int64_t>(c.chunk_c, g.C));
+  const double entries = rs * clen * density;
+  const double adds = c.row_slots > 1 ? pt / c.row_slots : pt;
+  const double per_tap = clen * density;
+  const double rounds = l.pool_cap > 0 ? 0.0
+                       : std::ceil(rs / 32.0) * (1.0 + per_tap / 4.0 + 0.5);
+  const double issue_warp_chunk =
+      c.channels_per_warp * (entries * (2.0 * pt + adds + 4.0) + rounds * 45.0 + 20.0);
+  const double lds_warp_chunk = c.channels_per_warp * (entries * (pt + 1.0) + rounds * 6.0);
+  const double staging = c.chunk_c * static_cast<double>(l.nbti) / 32.0;
+  // Preloading reads each row once, coalesced, in two bucketing passes.
+  const double preload =
+      l.pool_cap > 0 ? 2.0 * kCostModel[3] * kb * (rs * g.C * density) / 32.0 : 0.0;
+  const double block_issue =
+      nch * (c.warps * issue_warp_chunk + kCostModel[1] * staging) + preload +
+      4.0 * kb * c.images * c.tile_h * c.tile_w / 32.0 + 400.0;
+  const double block_lds = nch * (c.warps * lds_warp_chunk + 2.0 * staging);
+  const double block_cycles =
+      std::max(block_issue / kCostModel[4], block_lds / 0.9) + nch * kCostModel[0];
+  const int regs = 40 + pt * (c.channels_per_warp + 1);
+  int occ = kSmemPerSm / (l.smem_bytes + 1024);
+  occ = std::min(occ, 64 / c.warps);
+  occ = std::min(occ, 65536 / (std::min(regs, 128) * 32 * c.warps));
+  if (occ < 1) return 1e30;
+  const int64_t per_sm = (blocks + num_sms - 1) / num_sms;
+  const int64_t conc = std::min<int64_t>(occ, per_sm);
+  // Too few warps per SM leave load and barrier latency exposed.
+  const double eff = std::min(1.0, conc * c.warps / kCostModel[2]);
+  // One warp alone issues at most one instruction per cycle and waits for
+  // each chunk: the floor of a block's time in a small grid (batch 1).
+  const double warp_serial =
+      nch * (issue_warp_chunk + c.channels_per_warp * kCostModel[5]);
+  return per_sm * std::max(block_cycles / eff, warp_serial);
+}
+
+}  // namespace
+
+CsrConvGpuConfig ChooseCsrConvGpuConfig(const ConvGeometry& g, int64_t nnz,
+                                        int num_sms) {
+  // One-entry cache: the op calls this with the same layer again and again.
+  struct Key {
+    int64_t v[16];
+  };
+  thread_local Key last_key{};
+  thread_local CsrConvGpuConfig last_config;
+  thread_local bool have_last = false;
+  const Key key{{g.N, g.H, g.W, g.C, g.K, g.R, g.S, g.P, g.Q, g.stride_h,
+                 g.stride_w, g.dilation_h, g.dilation_w,
+                 g.data_format == DataFormat::kNHWC ? 1 : 0, nnz, num_sms}};
+  if (have_last && std::equal(key.v, key.v + 16, last_key.v)) return last_config;
+
+  const double cols = static_cast<double>(g.K) * g.R * g.S * g.C;
+  const double density = cols > 0 ? std::min(1.0, nnz / cols) : 0.0;
+  CsrConvGpuConfig best;
+  double best_cost = 1e31;
+  const int max_nb = g.N >= 32 ? 32 : (1 << Log2(static_cast<int>(std::max<int64_t>(g.N, 1))));
+  auto consider = [&](CsrConvGpuConfig c) {
+    for (int preload = 0; preload <= 1; ++preload) {
+      c.preload = preload;
+      // Chunks under 8 channels were slow on every layer measured (a
+      // barrier and a cp.async wait per few nonzeros); smaller only for
+      // tiny C or when shared memory forces it (the loop's last resort).
+      const int min_cc = static_cast<int>(std::min<int64_t>(8, std::max<int64_t>(g.C, 1)));
+      for (int cc = 1; cc <= 128; cc *= 2) {
+        if (cc < min_cc && best_cost < 1e30) continue;
+        c.chunk_c = cc;
+        if (ConfigValid(g, c, nnz)) {
+          const double cost = EstimateCost(g, density, nnz, c, num_sms);
+          if (cost < best_cost) {
+            best_cost = cost;
+            best = c;
+          }
+        }
+        if (cc >= g.C) break;  // Larger chunks change nothing.
+      }
+    }
+  };
+  struct Instance {
+    int pt, kw, pc;
+  };
+#define ESCORT_LIST(PT, KW, PC) {PT, KW, PC},
+  static const Instance kInstances[] = {ESCORT_KERNEL_INSTANCES(ESCORT_LIST)};
+#undef ESCORT_LIST
+  for (const Instance& in : kInstances) {
+    for (int warps = 4; warps <= 8; warps += 4) {
+      for (int nb = 1; nb <= max_nb; nb *= 2) {
+        CsrConvGpuConfig c;
+        c.pixels_per_lane = in.pt;
+        c.channels_per_warp = in.kw;
+        c.warps = warps;
+        c.images = nb;
+        c.row_slots = in.pc;
+        if (in.pc > 1) {  // The tile follows from the lane layout.
+          c.tile_w = (32 / nb) * in.pc;
+          c.tile_h = in.pt / in.pc;
+          if (c.tile_w > 2 * g.Q + 32) continue;  // Mostly idle lanes.
+          consider(c);
+          continue;
+        }
+        const int pix = 32 * in.pt / nb;
+        // Tile widths worth trying: powers of two and even splits of Q.
+        int tws[16];
+        int ntw = 0;
+        for (int v = 1; v <= pix && v <= 64; v *= 2) tws[ntw++] = v;
+        for (int d = 1; d <= 4; ++d) {
+          const int v = static_cast<int>((g.Q + d - 1) / d);
+          if (v <= pix) tws[ntw++] = v;
+        }
+        for (int i = 0; i < ntw; ++i) {
+          c.tile_w = static_cast<int>(std::min<int64_t>(tws[i], g.Q));
+          c.tile_h = static_cast<int>(std::min<int64_t>(pix / c.tile_w, g.P));
+          if (c.tile_h < 1) continue;
+          consider(c);
+        }
+      }
+    }
+  }
+  last_key = key;
+  last_config = best;
+  have_last = true;
+  return best;
+}
+
+cudaError_t CsrConv2DGpuWithConfig(const ConvGeometry& g, const float* input,
+                                   const int32_t* row_offsets,
+                                   const int32_t* column_indices,
+                                   const float* values, int64_t nnz,
+                                   const float* bias, Activation activation,
+                                   float* output,
+                                   const CsrConvGpuConfig& c,
+                                   cudaStream_t stream) {
+  if (g.N == 0 || g.P == 0 || g.Q == 0 || g.K == 0) return cudaSuccess;
+  if (!ConfigValid(g, c, nnz)) return cudaErrorInvalidValue;
+  const Layout l = MakeLayout(g, c, nnz);
+  Params p;
+  p.input = input;
+  p.row_offsets = row_offsets;
+  p.column_indices = column_indices;
+  p.values = values;
+  p.bias = bias;
+  p.output = output;
+  p.N = static_cast<int>(g.N);
+  p.H = static_cast<int>(g.H);
+  p.W = static_cast<int>(g.W);
+  p.C = static_cast<int>(g.C);
+  p.K = static_cast<int>(g.K);
+  p.R = static_cast<int>(g.R);
+  p.S = static_cast<int>(g.S);
+  p.P = static_cast<int>(g.P);
+  p.Q = static_cast<int>(g.Q);
+  p.stride_h = static_cast<int>(g.stride_h);
+  p.stride_w = static_cast<int>(g.stride_w);
+  p.dilation_h = static_cast<int>(g.dilation_h);
+  p.dilation_w = static_cast<int>(g.dilation_w);
+  p.pad_top = static_cast<int>(g.pad_top);
+  p.pad_left = static_cast<int>(g.pad_left);
+  p.nhwc = g.data_format == DataFormat::kNHWC ? 1 : 0;
+  p.activation = activation == Activation::kRelu    ? 1
+                 : activation == Activation::kRelu6 ? 2
+                                                    : 0;
+  p.nb = c.images;
+  p.log_nb = Log2(c.images);
+  p.th = c.tile_h;
+  p.tw = c.tile_w;
+  p.tih = l.tih;
+  p.tiw = l.tiw;
+  p.cc = c.chunk_c;
+  p.log_cc = Log2(c.chunk_c);
+  const int kb = c.warps * c.channels_per_warp;
+  p.log_kb = Log2(kb);
+  p.nbti = l.nbti;
+  p.chan_pitch = l.chan_pitch;
+  p.tile_floats = l.tile_floats;
+  p.slot_pitch = l.slot_pitch;
+  p.tiles_p = static_cast<int>((g.P + c.tile_h - 1) / c.tile_h);
+  p.tiles_q = static_cast<int>((g.Q + c.tile_w - 1) / c.tile_w);
+  p.k_groups = static_cast<int>((g.K + kb - 1) / kb);
+  p.lists_off = l.lists_off;
+  p.cursors_off = l.cursors_off;
+  p.tapoff_off = l.tapoff_off;
+  p.stab_off = l.stab_off;
+  p.otab_off = l.otab_off;
+  p.pool_cap = l.pool_cap;
+  p.pool_off = l.pool_off;
+  p.starts_off = l.starts_off;
+  p.nch = l.nch;
+  const int64_t blocks64 = static_cast<int64_t>((g.N + c.images - 1) / c.images) *
+                           p.tiles_p * p.tiles_q * p.k_groups;
+  if (blocks64 > INT_MAX) return cudaErrorInvalidConfiguration;
+  const int blocks = static_cast<int>(blocks64);
+  const int threads = 32 * c.warps;
+  const int smem = l.smem_bytes;
+  switch (c.pixels_per_lane * 100 + c.channels_per_warp * 10 + c.row_slots) {
+#define ESCORT_CASE(PT, KW, PC) \
+  case PT * 100 + KW * 10 + PC:  \
+    return LaunchOn<PT, KW, PC>(p, blocks, threads, smem, stream);
+    ESCORT_KERNEL_INSTANCES(ESCORT_CASE)
+#undef ESCORT_CASE
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t CsrConv2DGpu(const ConvGeometry& geometry, const float* input,
+                         const int32_t* row_offsets,
+                         const int32_t* column_indices, const float* values,
+                         int64_t nnz, const float* bias, Activation activation,
+                         float* output, cudaStream_t stream) {
+  if (geometry.N == 0 || geometry.P == 0 || geometry.Q == 0 ||
+      geometry.K == 0) {
+    return cudaSuccess;
+  }
+  int device = 0, num_sms = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount,
+                               device);
+  if (err != cudaSuccess) return err;
+  const CsrConvGpuConfig config =
+      ChooseCsrConvGpuConfig(geometry, nnz, num_sms);
+  return CsrConv2DGpuWithConfig(geometry, input, row_offsets, column_indices,
+                                values, nnz, bias, activation, output, config,
+                                stream);
+}
+
+}  // namespace escort
