@@ -1,0 +1,52 @@
+// The ISA-specific inner kernels of CsrConv2DCpu and the signatures they
+// share. Only csr_conv_cpu*.cc include this.
+#ifndef ESCORT_CC_KERNELS_CSR_CONV_CPU_KERNELS_H_
+#define ESCORT_CC_KERNELS_CSR_CONV_CPU_KERNELS_H_
+
+#include <cstddef>
+#include <cstdint>
+
+namespace escort {
+namespace internal {
+
+// Computes, for output channels k in [k_begin, k_end), `num_vectors` vectors
+// of consecutive output positions of a band ("lines", see csr_conv_cpu.cc):
+//   tile[(k - k_begin) * tile_pitch + m] =
+//       sum over i in [row_offsets[k], row_offsets[k + 1]) ascending of
+//       values[i] * line[offsets[i] + m],          m < num_vectors * lanes,
+// accumulated from 0 with one rounding per term (FMA where the ISA has it),
+// the same chain for every m so no result depends on m's place in a vector.
+// `line` must be readable at every line[offsets[i] + m] so formed.
+using ChunkFn = void (*)(const float* line, const std::ptrdiff_t* offsets,
+                         const float* values, const int32_t* row_offsets,
+                         int64_t k_begin, int64_t k_end, int num_vectors,
+                         float* tile, int64_t tile_pitch);
+
+// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols:
+// the layout changes between NHWC tensors and the channel-major band
+// buffer and tile. Moves bits only, so every ISA gives the same result.
+// With dst_overhang, each dst row may also be written (with unspecified
+// values) up to kTransposeOverhang floats past its end, which saves masked
+// stores; src is never read outside [rows) x [cols).
+using TransposeFn = void (*)(const float* src, int64_t src_stride, float* dst,
+                             int64_t dst_stride, int64_t rows, int64_t cols,
+                             bool dst_overhang);
+constexpr int64_t kTransposeOverhang = 8;
+
+struct CpuKernels {
+  int lanes;        // floats per vector
+  int max_vectors;  // most vectors one chunk call takes (its register block)
+  ChunkFn chunk;
+  TransposeFn transpose;
+};
+
+CpuKernels ScalarKernels();
+#if defined(__x86_64__) || defined(__i386__)
+CpuKernels Avx2Kernels();
+CpuKernels Avx512Kernels();
+#endif
+
+}  // namespace internal
+}  // namespace escort
+
+#endif  // ESCORT_CC_KERNELS_CSR_CONV_CPU_KERNELS_H_
