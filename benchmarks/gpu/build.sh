@@ -20,4 +20,4 @@ $NVCC $FLAGS cc/kernels/csr_conv_gpu_test.cu cc/kernels/csr_conv_gpu.cu \
   cc/kernels/csr_conv_reference.cc cc/kernels/csr_validate.cc \
   -o "$OUT/csr_conv_gpu_test"
 wait $lib
-grep -E "registers|spill" "$OUT/ptxas.txt" | paste - - | sed 's/ptxas info    ://g' | head -20
+grep -E "registers|spill" "$OUT/ptxas.txt" | paste - - | sed 's/ptxas info    ://g' | head -20 || true  # PTX-only builds run no ptxas

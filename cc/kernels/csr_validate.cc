@@ -12,6 +12,8 @@ namespace escort {
 namespace {
 
 constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+// Largest spatial size, stride, dilation or padding accepted.
+constexpr int64_t kMaxDim = int64_t{1} << 30;
 
 // Multiplies non-negative factors, saturating at INT64_MAX, so an overflow
 // check never overflows itself.
@@ -42,6 +44,23 @@ std::string ComputeOutputSize(const char* dim_name, int64_t input_size,
                              int64_t explicit_before, int64_t explicit_after,
                              int64_t* output_size, int64_t* pad_before,
                              int64_t* pad_after) {
+  if (input_size < 0 || filter_size < 1 || stride < 1 || dilation < 1 ||
+      explicit_before < 0 || explicit_after < 0) {
+    return Message("invalid ", dim_name, " geometry: input ", input_size,
+                   ", filter ", filter_size, ", stride ", stride, ", dilation ",
+                   dilation, ", explicit padding ", explicit_before, "/",
+                   explicit_after, " (sizes >= 0, the rest >= 1, padding >= 0)");
+  }
+  // Bounding every argument keeps all the arithmetic below far from int64
+  // overflow, whoever calls this (the shape function runs before any other
+  // check).
+  for (int64_t value : {input_size, filter_size, stride, dilation,
+                        explicit_before, explicit_after}) {
+    if (value > kMaxDim) {
+      return Message("a ", dim_name, " size, stride, dilation or padding of ",
+                     value, " exceeds the supported maximum of ", kMaxDim);
+    }
+  }
   const int64_t effective_filter = (filter_size - 1) * dilation + 1;
   switch (padding) {
     case Padding::kValid:
@@ -112,18 +131,6 @@ std::string ComputeConvGeometry(int64_t N, int64_t H, int64_t W, int64_t C,
                    attrs.explicit_top, ", ", attrs.explicit_bottom, "], [",
                    attrs.explicit_left, ", ", attrs.explicit_right, "]]");
   }
-  // Keep every later product of two of these far from int64 overflow.
-  const int64_t kMaxDim = int64_t{1} << 30;
-  for (int64_t value : {H, W, filter_h, filter_w, attrs.stride_h,
-                        attrs.stride_w, attrs.dilation_h, attrs.dilation_w,
-                        attrs.explicit_top, attrs.explicit_bottom,
-                        attrs.explicit_left, attrs.explicit_right}) {
-    if (value > kMaxDim) {
-      return Message("a size, stride, dilation or padding of ", value,
-                     " exceeds the supported maximum of ", kMaxDim);
-    }
-  }
-
   ConvGeometry g;
   g.N = N;
   g.H = H;
