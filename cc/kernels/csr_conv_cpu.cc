@@ -104,6 +104,11 @@ constexpr int64_t kTileChannels = 16;
 // Band buffer budget: with a filter block (below) and the tile, about half
 // of a 1 MiB L2, since the kernel sweeps the band once per output channel.
 constexpr int64_t kBandBufferBytes = 320 * 1024;
+// Geometries whose band buffer would exceed this (only huge dilations or
+// paddings get near it: the buffer holds (R - 1) * dilation rows of halo)
+// take DirectRows instead, so memory stays bounded whatever passes
+// validation.
+constexpr int64_t kMaxBandBufferBytes = int64_t{64} << 20;
 // Enough units that a pool of several threads stays balanced at batch 1.
 constexpr int64_t kMinUnits = 16;
 // Offsets and values of one block of output channels, which a unit reads
@@ -439,6 +444,42 @@ void RunUnits(const ConvGeometry& g, const Plan& plan, const float* input,
   }
 }
 
+// The fallback for geometries too sparse in space for a band buffer: one
+// output row (n, p) per unit, each output one ascending-column chain. Taps
+// in the padding multiply a zero, as the band buffer's padding does, so a
+// non-finite weight gives the same result on both paths. Slow, but needs no
+// scratch memory.
+void DirectRows(const ConvGeometry& g, const float* input,
+                const int32_t* row_offsets, const int32_t* column_indices,
+                const float* values, const float* bias, Activation activation,
+                float* output, int64_t unit_begin, int64_t unit_end) {
+  const bool nhwc = g.data_format == DataFormat::kNHWC;
+  for (int64_t unit = unit_begin; unit < unit_end; ++unit) {
+    const int64_t n = unit / g.P, p = unit % g.P;
+    for (int64_t k = 0; k < g.K; ++k) {
+      for (int64_t q = 0; q < g.Q; ++q) {
+        float sum = 0.0f;
+        for (int32_t i = row_offsets[k]; i < row_offsets[k + 1]; ++i) {
+          const int64_t tap = column_indices[i] / g.C;
+          const int64_t c = column_indices[i] - tap * g.C;
+          const int64_t h = p * g.stride_h + tap / g.S * g.dilation_h - g.pad_top;
+          const int64_t w = q * g.stride_w + tap % g.S * g.dilation_w - g.pad_left;
+          const bool inside = h >= 0 && h < g.H && w >= 0 && w < g.W;
+          sum += values[i] *
+                 (inside ? input[nhwc ? ((n * g.H + h) * g.W + w) * g.C + c
+                                      : ((n * g.C + c) * g.H + h) * g.W + w]
+                         : 0.0f);
+        }
+        if (bias != nullptr) sum += bias[k];
+        if (activation != Activation::kNone) sum = std::max(sum, 0.0f);
+        if (activation == Activation::kRelu6) sum = std::min(sum, 6.0f);
+        output[nhwc ? ((n * g.P + p) * g.Q + q) * g.K + k
+                    : ((n * g.K + k) * g.P + p) * g.Q + q] = sum;
+      }
+    }
+  }
+}
+
 CpuKernels KernelsFor(CpuIsa isa) {
 #if defined(__x86_64__) || defined(__i386__)
   if (isa == CpuIsa::kAvx512) return Avx512Kernels();
@@ -509,6 +550,19 @@ void CsrConv2DCpuWithIsa(CpuIsa isa, const ConvGeometry& g, const float* input,
                          float* output, const ParallelFor& parallel_for) {
   if (g.N == 0 || g.P == 0 || g.Q == 0 || g.K == 0) return;
   const Plan plan = MakePlan(g, row_offsets, column_indices, KernelsFor(isa));
+  const int64_t nnz = row_offsets[g.K];
+  if (plan.buffer_floats > kMaxBandBufferBytes / int64_t{sizeof(float)}) {
+    auto direct = [&](int64_t begin, int64_t end) {
+      DirectRows(g, input, row_offsets, column_indices, values, bias,
+                 activation, output, begin, end);
+    };
+    if (parallel_for) {
+      parallel_for(g.N * g.P, nnz * g.Q * 4 + g.K * g.Q + 100, direct);
+    } else {
+      direct(0, g.N * g.P);
+    }
+    return;
+  }
   const int64_t units = g.N * plan.num_bands * plan.num_k_blocks;
   auto work = [&](int64_t begin, int64_t end) {
     RunUnits(g, plan, input, row_offsets, values, bias, activation, output,
@@ -520,7 +574,6 @@ void CsrConv2DCpuWithIsa(CpuIsa isa, const ConvGeometry& g, const float* input,
   }
   // Rough cycles per unit: its FMAs (a few per vector of positions and
   // nonzero) plus filling its band, shared by the band's channel blocks.
-  const int64_t nnz = row_offsets[g.K];
   const int64_t positions = plan.band_rows * plan.row_pitch;
   const int64_t cost = nnz / plan.num_k_blocks * positions / 8 +
                        plan.buffer_floats / plan.num_k_blocks + 1000;

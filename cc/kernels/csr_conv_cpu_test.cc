@@ -293,6 +293,14 @@ void RunEdgeCases(std::mt19937& rng) {
     c.attrs.dilation_w = 2;
     cases.push_back(c);
   }
+  {
+    // A band buffer of ~1 GB: the bounded-memory direct fallback.
+    Case c = Basic(2, 6, 5, 4, 6, 3, 2, Padding::kSame, 0.6);
+    c.attrs.dilation_h = 10000000;
+    c.attrs.dilation_w = 2;
+    c.activation = Activation::kRelu;
+    cases.push_back(c);
+  }
   for (Case c : cases) {
     for (DataFormat format : {DataFormat::kNHWC, DataFormat::kNCHW}) {
       c.attrs.data_format = format;
