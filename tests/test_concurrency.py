@@ -1,7 +1,7 @@
 """Concurrent callers get bit-identical results to a single-threaded run.
 
 The CPU kernel sums each output element in one fixed order whatever thread
-computes it (docs/robustness.md), so neither Python threads sharing a model
+computes it (README, "Robustness"), so neither Python threads sharing a model
 nor TF's inter/intra-op pool sizes may change a single bit.
 """
 

@@ -1,4 +1,4 @@
-"""Edge semantics documented in docs/robustness.md.
+"""Edge semantics documented in the README's "Robustness" section.
 
 Empty batch, zero-size height and the NaN-in-input case are in test_ops.py;
 these are the rest: zero-size width, an all-zero filter, non-finite inputs
@@ -80,7 +80,7 @@ def test_non_finite_weight_multiplies_the_zero_padding(weight, dilations):
     # Padding is zeros that get multiplied, as in a dense conv over a
     # zero-padded input: 0 * NaN = NaN even where the tap lies in the padding.
     # (tf.nn.conv2d's oneDNN kernel skips padded taps and stays finite there;
-    # docs/robustness.md says so.) Both CPU paths must agree.
+    # the README says so.) Both CPU paths must agree.
     kernel = np.zeros((3, 3, 1, 1), np.float32)
     kernel[0, 0, 0, 0] = weight  # top-left tap: in the padding on the first row/column
     y = conv(np.ones((1, 4, 4, 1), np.float32), kernel, dilations=dilations)
