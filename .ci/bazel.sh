@@ -30,5 +30,6 @@ fi
 # A short idle timeout: the Bazel server should not outlive the CI job long.
 bazel --max_idle_secs=300 build --repo_env=PYTHON_BIN_PATH="$PY" //:escort_ops
 
-ESCORT_TF_OPS_LIBRARY="$PWD/bazel-bin/_escort_ops.so" \
+# The default Bazel build is the CPU flavour (--config=cuda adds the GPU one).
+ESCORT_TF_OPS_LIBRARY="$PWD/bazel-bin/_escort_ops.so" ESCORT_TF_EXPECT_CUDA=0 \
   "$PY" -m pytest -q tests/test_ops.py
