@@ -1,0 +1,26 @@
+"""Layer-table benchmark on CPU: `sparse_conv2d` vs `tf.nn.conv2d`, batch 1 and 8.
+
+Writes benchmarks/results/cpu_layers.{json,md,png}. Extra arguments go to
+`escort-tf bench` (e.g. `--quick`, `--layers resnet50_res3_3x3`):
+
+    TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/cpu/bench_layers.py
+"""
+
+import os
+import pathlib
+import sys
+
+# TFMOT and escort_tf need tf_keras; TF reads this when it is first imported.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from escort_tf import benchmark  # noqa: E402
+
+RESULTS = pathlib.Path(__file__).resolve().parent.parent / "results"
+
+if __name__ == "__main__":
+    sys.exit(benchmark.main([
+        "--json", str(RESULTS / "cpu_layers.json"),
+        "--markdown", str(RESULTS / "cpu_layers.md"),
+        "--plot", str(RESULTS / "cpu_layers.png"),
+        *sys.argv[1:]]))

@@ -1,0 +1,852 @@
+"""`escort-tf bench`: the sparse op and converted models against dense TensorFlow on CPU.
+
+Two modes, each timing sparse and dense side by side in one process, on all
+cores, with warm-up calls and medians over interleaved repetitions:
+
+* layers (default): `sparse_conv2d` vs `tf.nn.conv2d` (oneDNN) on every layer
+  of `benchmarks/layers.py`, at batch 1 and 8, at the layer's SkimCaffe density
+  and at 70% and 90% sparsity. Reports times, speedup (dense time / sparse
+  time), effective GFLOPS (dense flops / time) and geomeans.
+* `--models`: tf_keras ResNet-50 and VGG-16 (`weights=None`) pruned with TFMOT
+  to SkimCaffe-like per-layer sparsity, stripped, then dense vs
+  `escort_tf.convert`: a `tf.function` model call at batch 1 and 8, and
+  batched `model.predict`. Outputs are checked to match.
+
+Run it from the repository (the layer table is `benchmarks/layers.py`):
+
+    TF_USE_LEGACY_KERAS=1 escort-tf bench --json layers.json --markdown layers.md --plot layers.png
+    TF_USE_LEGACY_KERAS=1 escort-tf bench --models --json models.json --markdown models.md
+
+The functions the modes are built from (`bench_layers`, `bench_models`,
+`prune_like_skimcaffe`, ...) are public so examples and tests can reuse them.
+"""
+
+import argparse
+import datetime
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+import escort_tf
+from escort_tf.convert import PruneLowMagnitude
+from escort_tf.csr import CsrFilter
+from escort_tf.ops import sparse_conv2d
+
+# Sparse and dense outputs must agree to this, relative to the output's scale
+# (random-weight networks produce outputs far from 1 in magnitude).
+RTOL = 1e-4
+ATOL = 1e-4
+
+# Per-call samples shorter than this are repeated inside one sample, so timer
+# resolution and Python jitter don't dominate the sub-millisecond layers.
+_MIN_SAMPLE_S = 0.005
+
+SKIMCAFFE = "skimcaffe"  # the density label for a layer's own pruned density
+
+
+# ----------------------------------------------------------------------------
+# Environment and timing
+# ----------------------------------------------------------------------------
+
+def machine_info() -> Dict[str, object]:
+    """What the numbers were measured on: CPU, cores, versions, date (UTC)."""
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = [line.split(":", 1) for line in f if ":" in line]
+        names = [value.strip() for key, value in fields if key.strip() == "model name"]
+        cpu = names[0] if names else cpu
+        flags = next((set(value.split()) for key, value in fields if key.strip() == "flags"), set())
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "usable_cores": usable,
+        "simd": [f for f in ("sse4_2", "avx2", "fma", "avx512f", "avx512_bf16") if f in flags],
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or usable,
+        "tensorflow": tf.__version__,
+        "tf_keras": tf_keras.__version__,
+        "escort_tf": escort_tf.__version__,
+        "python": platform.python_version(),
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def _sample_s(fn: Callable[[], object], inner: int) -> float:
+    """Wall time of one call of `fn`, averaged over `inner` back-to-back calls.
+
+    TF's default eager executor is synchronous on CPU: a call returns with its
+    result computed. (`.numpy()` would add a copy of the output to each sample.)
+    """
+    start = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - start) / inner
+
+
+def time_side_by_side(fns: Dict[str, Callable[[], object]], reps: int,
+                      warmup: int = 2,
+                      budget_s: Optional[float] = None) -> Dict[str, Dict[str, float]]:
+    """Times several zero-argument callables in interleaved repetitions.
+
+    Interleaving makes slow drifts (turbo, another process) hit every variant
+    alike. Each variant is first warmed up (tracing, allocator, oneDNN
+    primitive caches); a variant faster than `_MIN_SAMPLE_S` is called several
+    times per sample.
+
+    Args:
+        fns: name -> callable; the call should return the computed result.
+        reps: timed samples per variant (the median is reported).
+        warmup: untimed calls per variant before timing.
+        budget_s: if set, fewer repetitions (but at least min(reps, 3)) when
+            the warm-up times say `reps` would take longer than this.
+
+    Returns:
+        name -> {"median_ms", "min_ms", "reps", "calls_per_rep"}.
+    """
+    inner, rep_s = {}, 0.0
+    for name, fn in fns.items():
+        for _ in range(max(warmup, 1)):
+            once = _sample_s(fn, 1)
+        inner[name] = max(1, min(50, int(_MIN_SAMPLE_S / max(once, 1e-6))))
+        rep_s += once * inner[name]
+    if budget_s is not None:
+        reps = max(min(reps, 3), min(reps, int(budget_s / max(rep_s, 1e-9))))
+    samples = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            samples[name].append(_sample_s(fn, inner[name]))
+    return {name: {"median_ms": 1e3 * statistics.median(s), "min_ms": 1e3 * min(s),
+                   "reps": reps, "calls_per_rep": inner[name]}
+            for name, s in samples.items()}
+
+
+def geomean(values: Sequence[float]) -> float:
+    """Geometric mean of positive numbers (NaN for an empty sequence)."""
+    values = list(values)
+    if not values:
+        return float("nan")
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def _outputs_match(sparse: np.ndarray, dense: np.ndarray) -> Dict[str, object]:
+    """Compares outputs with `RTOL`/`ATOL` scaled by the dense output's magnitude."""
+    scale = max(1.0, float(np.max(np.abs(dense)))) if dense.size else 1.0
+    err = float(np.max(np.abs(sparse - dense))) if dense.size else 0.0
+    ok = bool(sparse.shape == dense.shape
+              and np.allclose(sparse, dense, rtol=RTOL, atol=ATOL * scale))
+    return {"max_abs_err": err, "output_scale": scale, "match": ok}
+
+
+# ----------------------------------------------------------------------------
+# Layer mode
+# ----------------------------------------------------------------------------
+
+def load_layer_table(path: Optional[str] = None):
+    """Imports the shared layer table, `benchmarks/layers.py`.
+
+    The table lives beside the package in the source tree (the GPU harness
+    reads it without TensorFlow), so it is found by path, not by import name.
+
+    Args:
+        path: the table's file; defaults to `benchmarks/layers.py` of the
+            checkout this package runs from, then of the current directory.
+
+    Returns:
+        The module (with `LAYERS`, `UNIFORM_DENSITIES`, `ConvLayer`).
+
+    Raises:
+        FileNotFoundError: no table at `path` or the default places.
+    """
+    if path is None:
+        candidates = [pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "layers.py",
+                      pathlib.Path.cwd() / "benchmarks" / "layers.py"]
+        found = [c for c in candidates if c.is_file()]
+        if not found:
+            raise FileNotFoundError(
+                "can't find the layer table benchmarks/layers.py: run from the escort-tf "
+                "source tree or pass --layer-table PATH")
+        path = found[0]
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"layer table {str(path)!r} does not exist")
+    spec = importlib.util.spec_from_file_location("escort_benchmark_layers", path)
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses resolves annotations through sys.modules while the module executes.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def random_sparse_kernel(shape: Sequence[int], density: float,
+                         rng: np.random.Generator) -> np.ndarray:
+    """A float32 HWIO kernel with exactly `round(density * size)` nonzeros.
+
+    Nonzeros sit at uniformly random positions; their scale keeps conv outputs
+    of unit-variance inputs near unit variance, so the match check is tight.
+    """
+    size = int(np.prod(shape))
+    nnz = int(round(density * size))
+    kernel = np.zeros(size, np.float32)
+    per_output = max(1.0, nnz / shape[-1])
+    kernel[rng.choice(size, nnz, replace=False)] = (
+        rng.standard_normal(nnz) / math.sqrt(per_output)).astype(np.float32)
+    return kernel.reshape(shape)
+
+
+def bench_layer(layer, density: float, batch: int, reps: int, warmup: int,
+                rng: np.random.Generator, budget_s: Optional[float] = None) -> Dict[str, object]:
+    """Times `sparse_conv2d` vs `tf.nn.conv2d` on one layer of the table.
+
+    Both run without bias or activation (the same work), NHWC float32, as
+    graphs (`tf.function`) so per-op Python overhead is the same for both.
+
+    Returns:
+        One result row: geometry, nnz, times, speedup, GFLOPS, match check.
+    """
+    shape = (layer.kernel, layer.kernel, layer.in_channels, layer.out_channels)
+    kernel = random_sparse_kernel(shape, density, rng)
+    csr = CsrFilter.from_dense(kernel)
+    x = tf.constant(rng.standard_normal(
+        (batch, layer.height, layer.width, layer.in_channels)).astype(np.float32))
+    (top, bottom), (left, right) = layer.explicit_padding()
+    dense_padding = [[0, 0], [top, bottom], [left, right], [0, 0]]
+    dense_kernel = tf.constant(kernel)
+
+    sparse_fn = tf.function(lambda t: sparse_conv2d(
+        t, csr, strides=layer.stride, padding=layer.explicit_padding()))
+    dense_fn = tf.function(lambda t: tf.nn.conv2d(
+        t, dense_kernel, strides=layer.stride, padding=dense_padding))
+
+    check = _outputs_match(sparse_fn(x).numpy(), dense_fn(x).numpy())
+    times = time_side_by_side({"sparse": lambda: sparse_fn(x), "dense": lambda: dense_fn(x)},
+                              reps=reps, warmup=warmup, budget_s=budget_s)
+    flops = layer.dense_flops(batch)
+    sparse_ms, dense_ms = times["sparse"]["median_ms"], times["dense"]["median_ms"]
+    return {
+        "layer": layer.name,
+        "batch": batch,
+        "density": density,
+        "sparsity": 1.0 - csr.density,
+        "nnz": csr.nnz,
+        "input_shape": [batch, layer.height, layer.width, layer.in_channels],
+        "filter_shape": list(shape),
+        "stride": layer.stride,
+        "padding": layer.padding,
+        "dense_gflop": flops / 1e9,
+        "sparse_ms": sparse_ms,
+        "dense_ms": dense_ms,
+        "sparse_min_ms": times["sparse"]["min_ms"],
+        "dense_min_ms": times["dense"]["min_ms"],
+        "speedup": dense_ms / sparse_ms,
+        "sparse_effective_gflops": flops / sparse_ms / 1e6,
+        "dense_gflops": flops / dense_ms / 1e6,
+        # Flops on the stored weights only: what the kernel really executes.
+        "sparse_useful_gflops": flops * csr.density / sparse_ms / 1e6,
+        "reps": times["sparse"]["reps"],
+        **check,
+    }
+
+
+def bench_layers(layers, densities: Sequence, batches: Sequence[int], reps: int,
+                 warmup: int = 2, seed: int = 0, budget_s: Optional[float] = None,
+                 progress: Callable[[str], None] = print) -> Dict[str, object]:
+    """Runs `bench_layer` over layers x densities x batches.
+
+    Args:
+        layers: `ConvLayer`s from the table.
+        densities: each `"skimcaffe"` (the layer's own density) or a float.
+        batches: batch sizes.
+        reps: timed repetitions per variant.
+        warmup: untimed calls per variant.
+        seed: seeds weights and inputs.
+        budget_s: per-measurement time budget (see `time_side_by_side`).
+        progress: called with one line per measurement.
+
+    Returns:
+        {"machine", "settings", "results": [rows], "geomeans": {label: {batch: x}}}.
+    """
+    rng = np.random.default_rng(seed)
+    results = []
+    total = len(layers) * len(densities) * len(batches)
+    for layer in layers:
+        for label in densities:
+            density = layer.skimcaffe_density if label == SKIMCAFFE else float(label)
+            for batch in batches:
+                row = bench_layer(layer, density, batch, reps, warmup, rng, budget_s)
+                row["density_label"] = _density_label(label)
+                results.append(row)
+                progress(f"[{len(results)}/{total}] {layer.name:18s} density {density:5.3f} "
+                         f"batch {batch}: sparse {row['sparse_ms']:8.3f} ms, dense "
+                         f"{row['dense_ms']:8.3f} ms, speedup {row['speedup']:5.2f}x"
+                         + ("" if row["match"] else "  OUTPUT MISMATCH"))
+    geomeans = {}
+    for label in densities:
+        key = _density_label(label)
+        geomeans[key] = {str(b): geomean(r["speedup"] for r in results
+                                         if r["density_label"] == key and r["batch"] == b)
+                         for b in batches}
+    return {
+        "machine": machine_info(),
+        "settings": {"mode": "layers", "reps": reps, "budget_s": budget_s, "warmup": warmup,
+                     "seed": seed, "batches": list(batches),
+                     "densities": [_density_label(d) for d in densities],
+                     "dtype": "float32", "data_format": "NHWC",
+                     "sparse": "escort_tf.sparse_conv2d in tf.function",
+                     "dense": "tf.nn.conv2d (oneDNN) in tf.function",
+                     "speedup": "dense_ms / sparse_ms (median times)",
+                     "effective_gflops": "dense flops / time",
+                     "useful_gflops": "nonzero-weight flops / time"},
+        "results": results,
+        "geomeans": geomeans,
+    }
+
+
+def _machine_line(machine: Dict[str, object]) -> str:
+    """One sentence naming the machine and versions, for report headers."""
+    simd = "/".join(machine.get("simd", [])) or "no SIMD flags read"
+    return (f"{machine['cpu_model']} ({simd}), {machine['usable_cores']} cores, TensorFlow "
+            f"{machine['tensorflow']}, escort_tf {machine['escort_tf']}, {machine['date_utc']}.")
+
+
+def _density_label(label) -> str:
+    return SKIMCAFFE if label == SKIMCAFFE else f"{float(label):.2f}"
+
+
+def _density_title(key: str) -> str:
+    if key == SKIMCAFFE:
+        return "SkimCaffe density"
+    return f"{100 * (1 - float(key)):.0f}% sparse"
+
+
+def layers_markdown(report: Dict[str, object]) -> str:
+    """The layer report as markdown: a speedup summary and a detail table."""
+    machine, results = report["machine"], report["results"]
+    labels = report["settings"]["densities"]
+    batches = report["settings"]["batches"]
+    lines = [
+        "# escort_tf.sparse_conv2d vs tf.nn.conv2d (oneDNN), CPU",
+        "",
+        f"{_machine_line(machine)} "
+        f"fp32 NHWC, no bias; medians of {report['settings']['reps']} interleaved repetitions "
+        f"after warm-up. Speedup = dense time / sparse time (>1: sparse is faster); "
+        f"effective GFLOPS = dense flops / time; useful GFLOPS = nonzero-weight flops / time.",
+        "",
+        "## Speedup",
+        "",
+    ]
+    header = ["layer", "SkimCaffe density"] + [
+        f"{_density_title(l)} b{b}" for l in labels for b in batches]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    by_key = {(r["layer"], r["density_label"], r["batch"]): r for r in results}
+    layer_names = list(dict.fromkeys(r["layer"] for r in results))
+    for name in layer_names:
+        skim = next(r["density"] for r in results
+                    if r["layer"] == name and r["density_label"] == SKIMCAFFE) \
+            if SKIMCAFFE in labels else None
+        cells = [name, "-" if skim is None else f"{skim:.3f}"]
+        for l in labels:
+            for b in batches:
+                r = by_key.get((name, l, b))
+                cells.append("-" if r is None else f"{r['speedup']:.2f}x"
+                             + ("" if r["match"] else " (mismatch)"))
+        lines.append("| " + " | ".join(cells) + " |")
+    cells = ["**geomean**", ""] + [f"**{report['geomeans'][l][str(b)]:.2f}x**"
+                                   for l in labels for b in batches]
+    lines += ["| " + " | ".join(cells) + " |", "", "## Details", ""]
+    header = ["layer", "density", "batch", "sparse ms", "dense ms", "speedup",
+              "sparse eff. GFLOPS", "sparse useful GFLOPS", "dense GFLOPS", "outputs match"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in results:
+        lines.append("| " + " | ".join([
+            r["layer"], f"{r['density']:.3f}", str(r["batch"]), f"{r['sparse_ms']:.3f}",
+            f"{r['dense_ms']:.3f}", f"{r['speedup']:.2f}x", f"{r['sparse_effective_gflops']:.1f}",
+            f"{r['sparse_useful_gflops']:.1f}", f"{r['dense_gflops']:.1f}",
+            "yes" if r["match"] else "**no**"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_layers(report: Dict[str, object], path: str) -> None:
+    """Writes a PNG: speedup per layer, one panel per batch size, bars per density."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+
+    matplotlib.use("Agg")  # no display on CI / servers
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    import matplotlib.ticker  # pylint: disable=import-outside-toplevel
+
+    results, labels = report["results"], report["settings"]["densities"]
+    batches = report["settings"]["batches"]
+    names = list(dict.fromkeys(r["layer"] for r in results))
+    by_key = {(r["layer"], r["density_label"], r["batch"]): r["speedup"] for r in results}
+    fig, axes = plt.subplots(len(batches), 1, figsize=(12, 3.6 * len(batches)), squeeze=False)
+    width = 0.8 / len(labels)
+    for ax, batch in zip(axes[:, 0], batches):
+        for i, label in enumerate(labels):
+            values = [by_key.get((n, label, batch), float("nan")) for n in names]
+            gm = report["geomeans"][label][str(batch)]
+            ax.bar(np.arange(len(names)) + (i - (len(labels) - 1) / 2) * width, values, width,
+                   label=f"{_density_title(label)} (geomean {gm:.2f}x)")
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.axhline(3.0, color="gray", linewidth=0.8, linestyle="--")
+        ax.set_yscale("log")
+        # Plain "2x" tick labels instead of log-scale's "2 x 10^0".
+        low, high = ax.get_ylim()
+        ticks = [t for t in (0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 12, 16) if low <= t <= high]
+        ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xticks(np.arange(len(names)))
+        ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("speedup vs tf.nn.conv2d")
+        ax.set_title(f"batch {batch}")
+        ax.legend(fontsize=8)
+    machine = report["machine"]
+    fig.suptitle(f"escort_tf.sparse_conv2d vs oneDNN, fp32 — {machine['cpu_model']}, "
+                 f"{machine['usable_cores']} cores, TF {machine['tensorflow']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------
+# Model mode
+# ----------------------------------------------------------------------------
+
+# SkimCaffe's pruned ResNet-50 keeps 3x3 (branch2b) layers 81-88 / 91-95.5 /
+# 96.6-97.5 / 97.8-98% sparse in res2..res5; 1x1 and shortcut layers are pruned
+# less here, the 7x7 stem (3 input channels) not at all.
+_RESNET50_3X3 = {2: 0.85, 3: 0.93, 4: 0.97, 5: 0.98}
+_RESNET50_1X1 = {2: 0.70, 3: 0.80, 4: 0.85, 5: 0.85}
+# VGG-16 convs ~90% sparse; conv1_1 has 3 input channels, so only half.
+_VGG16_SPARSITY = 0.90
+_VGG16_FIRST = 0.50
+
+
+def resnet50_sparsity(layer) -> float:
+    """SkimCaffe-like sparsity for a tf_keras ResNet50 layer (0.0: leave dense).
+
+    Names look like `conv3_block2_2_conv`: stage 3, `_2_` is the 3x3 conv.
+    """
+    name = layer.name
+    if not isinstance(layer, tf_keras.layers.Conv2D) or not name.startswith(("conv2_", "conv3_",
+                                                                             "conv4_", "conv5_")):
+        return 0.0
+    stage = int(name[4])
+    return _RESNET50_3X3[stage] if layer.kernel_size == (3, 3) else _RESNET50_1X1[stage]
+
+
+def vgg16_sparsity(layer) -> float:
+    """SkimCaffe-like sparsity for a tf_keras VGG16 layer (0.0: leave dense)."""
+    if not isinstance(layer, tf_keras.layers.Conv2D):
+        return 0.0
+    return _VGG16_FIRST if layer.name == "block1_conv1" else _VGG16_SPARSITY
+
+
+def _resnet50(image_size):
+    return tf_keras.applications.ResNet50(weights=None, input_shape=(image_size, image_size, 3),
+                                          classifier_activation=None)
+
+
+def _vgg16(image_size):
+    return tf_keras.applications.VGG16(weights=None, input_shape=(image_size, image_size, 3),
+                                       classifier_activation=None)
+
+
+# name -> (builder(image_size), per-layer sparsity); classifier_activation=None
+# so outputs are logits, which the match check compares meaningfully.
+MODELS = {
+    "resnet50": (_resnet50, resnet50_sparsity),
+    "vgg16": (_vgg16, vgg16_sparsity),
+}
+
+
+def wrap_for_pruning(model, schedule_of: Callable[[object], object]):
+    """Wraps chosen layers of `model` in TFMOT `prune_low_magnitude`, keeping weights.
+
+    Args:
+        model: a built functional or Sequential tf_keras model (not modified).
+        schedule_of: layer -> a TFMOT `PruningSchedule`, or None to leave the
+            layer unwrapped.
+
+    Returns:
+        The pruning-wrapped copy, holding `model`'s weights; train it with the
+        `tfmot.sparsity.keras.UpdatePruningStep()` callback.
+
+    Example:
+
+        schedule = tfmot.sparsity.keras.ConstantSparsity(0.9, begin_step=0)
+        wrapped = wrap_for_pruning(
+            model, lambda l: schedule if isinstance(l, tf_keras.layers.Conv2D) else None)
+    """
+    import tensorflow_model_optimization as tfmot  # pylint: disable=import-outside-toplevel
+
+    def clone(layer):
+        copy = layer.__class__.from_config(layer.get_config())
+        schedule = schedule_of(layer)
+        if schedule is None:
+            return copy
+        return tfmot.sparsity.keras.prune_low_magnitude(copy, pruning_schedule=schedule)
+
+    wrapped = tf_keras.models.clone_model(model, clone_function=clone)
+    originals = {layer.name: layer for layer in model.layers}
+    for layer in wrapped.layers:
+        # A wrapper adds mask variables of its own: copy into the layer inside.
+        inner = layer.layer if isinstance(layer, PruneLowMagnitude) else layer
+        inner.set_weights(originals[inner.name].get_weights())
+    return wrapped
+
+
+def prune_like_skimcaffe(model, sparsity_of: Callable[[object], float]):
+    """Prunes `model` with TFMOT to a per-layer sparsity and strips the wrappers.
+
+    Each layer with `sparsity_of(layer) > 0` is wrapped by
+    `prune_low_magnitude` with `ConstantSparsity(sparsity, begin_step=0,
+    frequency=1)`; then TFMOT's own magnitude mask update runs once per
+    wrapper (what the first training step with `UpdatePruningStep` does,
+    without the training), the masks are applied to the kernels, and
+    `strip_pruning` removes the wrappers.
+
+    Args:
+        model: a built functional or Sequential tf_keras model (not modified).
+        sparsity_of: layer -> target fraction of zero weights (0.0: not pruned).
+
+    Returns:
+        `(stripped_model, sparsities)`: the pruned tf_keras model with plain
+        layers, and layer name -> measured sparsity of each pruned kernel.
+
+    Example:
+
+        model = tf_keras.applications.ResNet50(weights=None)
+        pruned, sparsities = prune_like_skimcaffe(model, resnet50_sparsity)
+    """
+    import tensorflow_model_optimization as tfmot  # pylint: disable=import-outside-toplevel
+
+    def schedule_of(layer):
+        level = sparsity_of(layer)
+        if level <= 0.0:
+            return None
+        return tfmot.sparsity.keras.ConstantSparsity(level, begin_step=0, frequency=1)
+
+    wrapped = wrap_for_pruning(model, schedule_of)
+    measured = {}
+    for wrapper in wrapped.layers:
+        if not isinstance(wrapper, PruneLowMagnitude):
+            continue
+        # UpdatePruningStep sets the step to 0 before the first batch; at step
+        # 0 the schedule says "prune now", and the update computes the masks.
+        wrapper.pruning_step.assign(0)
+        wrapper.pruning_obj.conditional_mask_update()
+        wrapper.pruning_obj.weight_mask_op()  # kernel := kernel * mask
+        kernel = wrapper.layer.kernel.numpy()
+        measured[wrapper.layer.name] = float(np.mean(kernel == 0))
+    return tfmot.sparsity.keras.strip_pruning(wrapped), measured
+
+
+def _conv_summary(model, sparsities: Dict[str, float], converted_names: List[str]):
+    convs = [l for l in model.layers if isinstance(l, tf_keras.layers.Conv2D)]
+    weights = sum(int(np.prod(l.kernel.shape)) for l in convs)
+    zeros = sum(sparsities.get(l.name, 0.0) * int(np.prod(l.kernel.shape)) for l in convs)
+    return {"conv_layers": len(convs), "pruned_layers": len(sparsities),
+            "converted_layers": len(converted_names),
+            "conv_weight_sparsity": zeros / weights if weights else 0.0}
+
+
+def bench_model(name: str, dense, sparse, batches: Sequence[int], reps: int,
+                predict_images: int, predict_batch: int, predict_reps: int,
+                seed: int = 0, progress: Callable[[str], None] = print) -> Dict[str, object]:
+    """Times a dense model and its converted copy side by side on random inputs.
+
+    Per batch size: a `tf.function` model call (`training=False`), the
+    outputs compared. Then `model.predict` over `predict_images` images in
+    batches of `predict_batch` (tf_keras adds a fixed per-call cost here).
+
+    Args:
+        name: the model's name in progress lines.
+        dense: a tf_keras model with a fully known input shape (batch aside).
+        sparse: its `escort_tf.convert` copy.
+        batches: batch sizes of the model-call timing.
+        reps: timed repetitions of each model call.
+        predict_images, predict_batch, predict_reps: the predict timing.
+        seed: seeds the inputs.
+        progress: called with one line per measurement.
+
+    Returns:
+        {"calls": [{"batch", "dense_ms", "sparse_ms", "speedup", match...}],
+         "predict": {"images", "batch_size", "dense_ms", "sparse_ms", "speedup"}}.
+    """
+    rng = np.random.default_rng(seed)
+    shape = tuple(dense.input_shape[1:])
+    dense_call = tf.function(lambda t: dense(t, training=False))
+    sparse_call = tf.function(lambda t: sparse(t, training=False))
+    calls = []
+    for batch in batches:
+        x = tf.constant(rng.standard_normal((batch, *shape)).astype(np.float32))
+        check = _outputs_match(sparse_call(x).numpy(), dense_call(x).numpy())
+        times = time_side_by_side(
+            {"dense": lambda: dense_call(x), "sparse": lambda: sparse_call(x)}, reps=reps, warmup=1)
+        row = {"batch": batch, "dense_ms": times["dense"]["median_ms"],
+               "sparse_ms": times["sparse"]["median_ms"], "reps": reps, **check}
+        row["speedup"] = row["dense_ms"] / row["sparse_ms"]
+        calls.append(row)
+        progress(f"{name} call batch {batch}: dense {row['dense_ms']:.1f} ms, sparse "
+                 f"{row['sparse_ms']:.1f} ms, speedup {row['speedup']:.2f}x"
+                 + ("" if row["match"] else "  OUTPUT MISMATCH"))
+    images = rng.standard_normal((predict_images, *shape)).astype(np.float32)
+    predict_times = time_side_by_side(
+        {kind: (lambda m=m: m.predict(images, batch_size=predict_batch, verbose=0))
+         for kind, m in (("dense", dense), ("sparse", sparse))},
+        reps=predict_reps, warmup=1)
+    predict = {"images": predict_images, "batch_size": predict_batch, "reps": predict_reps,
+               "dense_ms": predict_times["dense"]["median_ms"],
+               "sparse_ms": predict_times["sparse"]["median_ms"]}
+    predict["speedup"] = predict["dense_ms"] / predict["sparse_ms"]
+    progress(f"{name} predict {predict_images} images, batch {predict_batch}: dense "
+             f"{predict['dense_ms']:.0f} ms, sparse {predict['sparse_ms']:.0f} ms, "
+             f"speedup {predict['speedup']:.2f}x")
+    return {"calls": calls, "predict": predict}
+
+
+def prune_and_convert(name: str, image_size: int = 224, min_sparsity: float = 0.5,
+                      autotune: bool = False, progress: Callable[[str], None] = print):
+    """Builds model `name` of `MODELS`, prunes it SkimCaffe-like and converts it.
+
+    Returns:
+        `(dense, sparse, info)`: the pruned dense tf_keras model, its
+        `escort_tf.convert` copy, and a summary dict (sparsities, timings of
+        the steps, which layers were converted).
+    """
+    build, sparsity_of = MODELS[name]
+    start = time.perf_counter()
+    dense, sparsities = prune_like_skimcaffe(build(image_size), sparsity_of)
+    prune_s = time.perf_counter() - start
+    progress(f"{name}: pruned {len(sparsities)} conv layers with TFMOT in {prune_s:.1f} s")
+    start = time.perf_counter()
+    sparse, report = escort_tf.convert(dense, min_sparsity=min_sparsity, autotune=autotune,
+                                       return_report=True)
+    convert_s = time.perf_counter() - start
+    converted = [row.name for row in report if row.decision == "sparse"]
+    progress(f"{name}: converted {len(converted)} layers in {convert_s:.1f} s")
+    info = {"model": name, "image_size": image_size, "min_sparsity": min_sparsity,
+            "autotune": autotune, "prune_s": prune_s, "convert_s": convert_s,
+            "converted": converted, "layer_sparsity": sparsities,
+            **_conv_summary(dense, sparsities, converted)}
+    return dense, sparse, info
+
+
+def bench_models(names: Sequence[str], image_size: int, batches: Sequence[int], reps: int,
+                 predict_images: int, predict_batch: int, predict_reps: int,
+                 autotune: bool = False, seed: int = 0,
+                 progress: Callable[[str], None] = print) -> Dict[str, object]:
+    """Prunes, converts and times each model in `names` (keys of `MODELS`).
+
+    Returns:
+        {"machine", "settings", "models": [{model info..., "calls", "predict"}]}.
+    """
+    models = []
+    for name in names:
+        dense, sparse, info = prune_and_convert(name, image_size, autotune=autotune,
+                                                progress=progress)
+        info.update(bench_model(name, dense, sparse, batches, reps, predict_images,
+                                predict_batch, predict_reps, seed=seed, progress=progress))
+        models.append(info)
+        del dense, sparse
+        tf_keras.backend.clear_session()
+    return {
+        "machine": machine_info(),
+        "settings": {"mode": "models", "image_size": image_size, "batches": list(batches),
+                     "reps": reps, "predict_reps": predict_reps, "autotune": autotune,
+                     "dense": "TFMOT-pruned, stripped tf_keras model",
+                     "sparse": "escort_tf.convert(dense, min_sparsity=0.5)",
+                     "speedup": "dense_ms / sparse_ms (median times)",
+                     "resnet50_sparsity": {"3x3": _RESNET50_3X3, "1x1": _RESNET50_1X1,
+                                           "conv1": 0.0},
+                     "vgg16_sparsity": {"block1_conv1": _VGG16_FIRST, "other convs":
+                                        _VGG16_SPARSITY, "dense layers": 0.0}},
+        "models": models,
+    }
+
+
+def models_markdown(report: Dict[str, object]) -> str:
+    """The model report as a markdown table."""
+    machine, settings = report["machine"], report["settings"]
+    lines = [
+        "# Whole pruned models: dense tf_keras vs escort_tf.convert, CPU",
+        "",
+        f"{_machine_line(machine)} "
+        f"Input {settings['image_size']}x{settings['image_size']}x3, fp32, random weights "
+        f"pruned with TFMOT (magnitude, ConstantSparsity) to SkimCaffe-like per-layer sparsity: "
+        f"ResNet-50 3x3 {_fmt_levels(_RESNET50_3X3)}, 1x1 {_fmt_levels(_RESNET50_1X1)} "
+        f"(res2..res5), conv1 dense; VGG-16 convs {_VGG16_SPARSITY:.0%} "
+        f"(block1_conv1 {_VGG16_FIRST:.0%}). Converted with min_sparsity 0.5, "
+        f"autotune {'on' if settings['autotune'] else 'off'}. Speedup = dense / sparse time.",
+        "",
+        "| model | conv sparsity | converted layers | what | dense ms | sparse ms | speedup "
+        "| outputs match |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m in report["models"]:
+        first = [m["model"], f"{m['conv_weight_sparsity']:.1%}",
+                 f"{m['converted_layers']}/{m['conv_layers']}"]
+        for c in m["calls"]:
+            lines.append("| " + " | ".join(first + [
+                f"tf.function call, batch {c['batch']}", f"{c['dense_ms']:.1f}",
+                f"{c['sparse_ms']:.1f}", f"**{c['speedup']:.2f}x**",
+                "yes" if c["match"] else f"**no** (max err {c['max_abs_err']:.2g})"]) + " |")
+            first = ["", "", ""]
+        p = m["predict"]
+        lines.append("| " + " | ".join(first + [
+            f"predict, {p['images']} images, batch {p['batch_size']}", f"{p['dense_ms']:.0f}",
+            f"{p['sparse_ms']:.0f}", f"**{p['speedup']:.2f}x**", ""]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt_levels(levels: Dict[int, float]) -> str:
+    return "/".join(f"{v:.0%}" for v in levels.values())
+
+
+# ----------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="escort-tf bench",
+        description="Benchmark escort_tf's sparse convolution against dense TensorFlow on "
+                    "this machine: the layer table (default) or whole pruned models (--models).")
+    parser.add_argument("--models", nargs="?", const="resnet50,vgg16", default=None,
+                        metavar="NAMES",
+                        help="whole-model mode; comma-separated subset of "
+                             f"{','.join(MODELS)} (default: all)")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repetitions (and fewer predict images): a rough run")
+    parser.add_argument("--batches", default="1,8", help="batch sizes (default: %(default)s)")
+    parser.add_argument("--reps", type=int, default=None,
+                        help="timed repetitions per variant (default: 7 layers / 3 models, "
+                             "--quick 3 / 2)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per variant")
+    parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                        help="per-measurement time budget: fewer repetitions (at least 3) "
+                             "for slow cases (default: 20, --quick 5; layer mode)")
+    parser.add_argument("--seed", type=int, default=0)
+    layers = parser.add_argument_group("layer mode")
+    layers.add_argument("--layers", default=None, metavar="NAMES",
+                        help="comma-separated layer names from the table (default: all)")
+    layers.add_argument("--densities", default=None, metavar="LIST",
+                        help="comma-separated densities; 'skimcaffe' means each layer's own "
+                             "(default: skimcaffe plus the table's UNIFORM_DENSITIES)")
+    layers.add_argument("--layer-table", default=None, metavar="PATH",
+                        help="the layer table file (default: benchmarks/layers.py)")
+    models = parser.add_argument_group("model mode")
+    models.add_argument("--image-size", type=int, default=224)
+    models.add_argument("--predict-images", type=int, default=None,
+                        help="images per predict call (default: 32, --quick 16)")
+    models.add_argument("--predict-batch", type=int, default=8)
+    models.add_argument("--autotune", action="store_true",
+                        help="convert with autotune=True (time each layer sparse vs dense)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", metavar="PATH", help="write the full results as JSON")
+    out.add_argument("--markdown", metavar="PATH", help="write a markdown report")
+    out.add_argument("--plot", metavar="PATH", help="write a PNG plot (layer mode)")
+    return parser
+
+
+def _csv(text: str) -> List[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _write(path: Optional[str], text: str) -> None:
+    if path:
+        pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(path).write_text(text)
+        print(f"wrote {path}")
+
+
+def _run_layers(args, batches):
+    table = load_layer_table(args.layer_table)
+    layers = table.LAYERS
+    if args.layers:
+        known = {layer.name: layer for layer in layers}
+        unknown = [n for n in _csv(args.layers) if n not in known]
+        if unknown:
+            raise SystemExit(f"escort-tf bench: unknown layer(s) {unknown}; the table has "
+                             f"{sorted(known)}")
+        layers = [known[n] for n in _csv(args.layers)]
+    if args.densities:
+        densities = [SKIMCAFFE if d == SKIMCAFFE else float(d) for d in _csv(args.densities)]
+        if any(d != SKIMCAFFE and not 0.0 < d <= 1.0 for d in densities):
+            raise SystemExit("escort-tf bench: densities must be in (0, 1] or 'skimcaffe'")
+    else:
+        densities = [SKIMCAFFE, *table.UNIFORM_DENSITIES]
+    reps = args.reps or (3 if args.quick else 7)
+    budget = args.budget if args.budget is not None else (5.0 if args.quick else 20.0)
+    report = bench_layers(layers, densities, batches, reps, warmup=args.warmup, seed=args.seed,
+                          budget_s=budget)
+    for key, by_batch in report["geomeans"].items():
+        print(f"geomean speedup, {_density_title(key)}: " +
+              ", ".join(f"batch {b} {v:.2f}x" for b, v in by_batch.items()))
+    markdown = layers_markdown(report)
+    if args.plot:
+        plot_layers(report, args.plot)
+        print(f"wrote {args.plot}")
+    return report, markdown
+
+
+def _run_models(args, batches):
+    names = _csv(args.models)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise SystemExit(f"escort-tf bench: unknown model(s) {unknown}; choose from {list(MODELS)}")
+    if os.environ.get("TF_USE_LEGACY_KERAS") not in ("1", "true", "True"):
+        raise SystemExit("escort-tf bench --models prunes with TFMOT, which needs tf_keras: "
+                         "set TF_USE_LEGACY_KERAS=1 before starting Python")
+    reps = args.reps or (2 if args.quick else 3)
+    report = bench_models(names, args.image_size, batches, reps,
+                          predict_images=args.predict_images or (16 if args.quick else 32),
+                          predict_batch=args.predict_batch, predict_reps=reps,
+                          autotune=args.autotune, seed=args.seed)
+    if args.plot:
+        print("--plot applies to layer mode only; no plot written", file=sys.stderr)
+    return report, models_markdown(report)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs `escort-tf bench`; returns the exit status.
+
+    Args:
+        argv: arguments after `bench`; defaults to `sys.argv[1:]`.
+    """
+    args = _parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    batches = [int(b) for b in _csv(args.batches)]
+    if not batches or min(batches) < 1 or (args.reps is not None and args.reps < 1):
+        raise SystemExit("escort-tf bench: batch sizes and --reps must be positive")
+    start = time.perf_counter()
+    report, markdown = (_run_models if args.models else _run_layers)(args, batches)
+    report["settings"]["wall_s"] = time.perf_counter() - start
+    if args.json:
+        _write(args.json, json.dumps(report, indent=1, sort_keys=False) + "\n")
+    _write(args.markdown, markdown)
+    if not args.markdown:
+        print(markdown)
+    rows = report["results"] if "results" in report else [
+        c for m in report["models"] for c in m["calls"]]
+    if not all(r["match"] for r in rows):
+        print("escort-tf bench: some sparse outputs did not match the dense ones", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
