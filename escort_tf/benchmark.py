@@ -207,12 +207,32 @@ def random_sparse_kernel(shape: Sequence[int], density: float,
     return kernel.reshape(shape)
 
 
+def _serialized(conv: Callable[[tf.Tensor], tf.Tensor]):
+    """A `tf.function` applying `conv` to each of a list of inputs, in order.
+
+    The control dependencies stop TF from running the convolutions side by
+    side (both variants would then compete for the same cores).
+    """
+    def run(inputs):
+        outputs = []
+        for x in inputs:
+            with tf.control_dependencies(outputs[-1:]):
+                outputs.append(conv(x))
+        return outputs
+    return tf.function(run)
+
+
 def bench_layer(layer, density: float, batch: int, reps: int, warmup: int,
-                rng: np.random.Generator, budget_s: Optional[float] = None) -> Dict[str, object]:
+                rng: np.random.Generator, budget_s: Optional[float] = None,
+                ops_per_call: int = 1) -> Dict[str, object]:
     """Times `sparse_conv2d` vs `tf.nn.conv2d` on one layer of the table.
 
     Both run without bias or activation (the same work), NHWC float32, as
     graphs (`tf.function`) so per-op Python overhead is the same for both.
+    Each timed call runs the layer on `ops_per_call` different inputs, one
+    after the other, and the time per convolution is reported: a model graph
+    pays TF's fixed cost of a `tf.function` call once, not once per layer,
+    and on small layers that cost would otherwise hide the convolution.
 
     Returns:
         One result row: geometry, nnz, times, speedup, GFLOPS, match check.
@@ -220,22 +240,25 @@ def bench_layer(layer, density: float, batch: int, reps: int, warmup: int,
     shape = (layer.kernel, layer.kernel, layer.in_channels, layer.out_channels)
     kernel = random_sparse_kernel(shape, density, rng)
     csr = CsrFilter.from_dense(kernel)
-    x = tf.constant(rng.standard_normal(
+    xs = [tf.constant(rng.standard_normal(
         (batch, layer.height, layer.width, layer.in_channels)).astype(np.float32))
+          for _ in range(ops_per_call)]
     (top, bottom), (left, right) = layer.explicit_padding()
     dense_padding = [[0, 0], [top, bottom], [left, right], [0, 0]]
     dense_kernel = tf.constant(kernel)
 
-    sparse_fn = tf.function(lambda t: sparse_conv2d(
+    sparse_fn = _serialized(lambda t: sparse_conv2d(
         t, csr, strides=layer.stride, padding=layer.explicit_padding()))
-    dense_fn = tf.function(lambda t: tf.nn.conv2d(
+    dense_fn = _serialized(lambda t: tf.nn.conv2d(
         t, dense_kernel, strides=layer.stride, padding=dense_padding))
 
-    check = _outputs_match(sparse_fn(x).numpy(), dense_fn(x).numpy())
-    times = time_side_by_side({"sparse": lambda: sparse_fn(x), "dense": lambda: dense_fn(x)},
+    check = _outputs_match(np.stack([y.numpy() for y in sparse_fn(xs)]),
+                           np.stack([y.numpy() for y in dense_fn(xs)]))
+    times = time_side_by_side({"sparse": lambda: sparse_fn(xs), "dense": lambda: dense_fn(xs)},
                               reps=reps, warmup=warmup, budget_s=budget_s)
     flops = layer.dense_flops(batch)
-    sparse_ms, dense_ms = times["sparse"]["median_ms"], times["dense"]["median_ms"]
+    sparse_ms = times["sparse"]["median_ms"] / ops_per_call
+    dense_ms = times["dense"]["median_ms"] / ops_per_call
     return {
         "layer": layer.name,
         "batch": batch,
@@ -249,8 +272,9 @@ def bench_layer(layer, density: float, batch: int, reps: int, warmup: int,
         "dense_gflop": flops / 1e9,
         "sparse_ms": sparse_ms,
         "dense_ms": dense_ms,
-        "sparse_min_ms": times["sparse"]["min_ms"],
-        "dense_min_ms": times["dense"]["min_ms"],
+        "sparse_min_ms": times["sparse"]["min_ms"] / ops_per_call,
+        "dense_min_ms": times["dense"]["min_ms"] / ops_per_call,
+        "ops_per_call": ops_per_call,
         "speedup": dense_ms / sparse_ms,
         "sparse_effective_gflops": flops / sparse_ms / 1e6,
         "dense_gflops": flops / dense_ms / 1e6,
@@ -263,7 +287,8 @@ def bench_layer(layer, density: float, batch: int, reps: int, warmup: int,
 
 def bench_layers(layers, densities: Sequence, batches: Sequence[int], reps: int,
                  warmup: int = 2, seed: int = 0, budget_s: Optional[float] = None,
-                 progress: Callable[[str], None] = print) -> Dict[str, object]:
+                 progress: Callable[[str], None] = print,
+                 ops_per_call: int = 1) -> Dict[str, object]:
     """Runs `bench_layer` over layers x densities x batches.
 
     Args:
@@ -275,6 +300,7 @@ def bench_layers(layers, densities: Sequence, batches: Sequence[int], reps: int,
         seed: seeds weights and inputs.
         budget_s: per-measurement time budget (see `time_side_by_side`).
         progress: called with one line per measurement.
+        ops_per_call: convolutions per timed call (see `bench_layer`).
 
     Returns:
         {"machine", "settings", "results": [rows], "geomeans": {label: {batch: x}}}.
@@ -286,7 +312,8 @@ def bench_layers(layers, densities: Sequence, batches: Sequence[int], reps: int,
         for label in densities:
             density = layer.skimcaffe_density if label == SKIMCAFFE else float(label)
             for batch in batches:
-                row = bench_layer(layer, density, batch, reps, warmup, rng, budget_s)
+                row = bench_layer(layer, density, batch, reps, warmup, rng, budget_s,
+                                  ops_per_call)
                 row["density_label"] = _density_label(label)
                 results.append(row)
                 progress(f"[{len(results)}/{total}] {layer.name:18s} density {density:5.3f} "
@@ -302,6 +329,7 @@ def bench_layers(layers, densities: Sequence, batches: Sequence[int], reps: int,
     return {
         "machine": machine_info(),
         "settings": {"mode": "layers", "reps": reps, "budget_s": budget_s, "warmup": warmup,
+                     "ops_per_call": ops_per_call,
                      "seed": seed, "batches": list(batches),
                      "densities": [_density_label(d) for d in densities],
                      "dtype": "float32", "data_format": "NHWC",
@@ -342,7 +370,10 @@ def layers_markdown(report: Dict[str, object]) -> str:
         "",
         f"{_machine_line(machine)} "
         f"fp32 NHWC, no bias; medians of {report['settings']['reps']} interleaved repetitions "
-        f"after warm-up. Speedup = dense time / sparse time (>1: sparse is faster); "
+        f"after warm-up, each a `tf.function` call running "
+        f"{report['settings'].get('ops_per_call', 1)} convolutions one after another "
+        f"(times are per convolution: a model pays TF's per-call cost once, not per layer). "
+        f"Speedup = dense time / sparse time (>1: sparse is faster); "
         f"effective GFLOPS = dense flops / time; useful GFLOPS = nonzero-weight flops / time.",
         "",
         "## Speedup",
@@ -742,6 +773,10 @@ def _parser():
                              "for slow cases (default: 20, --quick 5; layer mode)")
     parser.add_argument("--seed", type=int, default=0)
     layers = parser.add_argument_group("layer mode")
+    layers.add_argument("--ops-per-call", type=int, default=8, metavar="N",
+                        help="convolutions per timed tf.function call, on different inputs, "
+                             "so TF's fixed per-call cost is amortized as in a model "
+                             "(default: %(default)s; 1 times single-op calls)")
     layers.add_argument("--layers", default=None, metavar="NAMES",
                         help="comma-separated layer names from the table (default: all)")
     layers.add_argument("--densities", default=None, metavar="LIST",
@@ -792,8 +827,10 @@ def _run_layers(args, batches):
         densities = [SKIMCAFFE, *table.UNIFORM_DENSITIES]
     reps = args.reps or (3 if args.quick else 7)
     budget = args.budget if args.budget is not None else (5.0 if args.quick else 20.0)
+    if args.ops_per_call < 1:
+        raise SystemExit("escort-tf bench: --ops-per-call must be at least 1")
     report = bench_layers(layers, densities, batches, reps, warmup=args.warmup, seed=args.seed,
-                          budget_s=budget)
+                          budget_s=budget, ops_per_call=args.ops_per_call)
     for key, by_batch in report["geomeans"].items():
         print(f"geomean speedup, {_density_title(key)}: " +
               ", ".join(f"batch {b} {v:.2f}x" for b, v in by_batch.items()))
