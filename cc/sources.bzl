@@ -31,11 +31,13 @@ GPU_KERNEL_SRCS = [
 TF_HDRS = [
     "cc/tf/csr_conv_attrs.h",
     "cc/tf/csr_conv_kernels.h",
+    "cc/tf/pool_parallel_for.h",
 ]
 
 TF_SRCS = [
     "cc/tf/csr_conv_op.cc",
     "cc/tf/csr_conv_kernels.cc",
+    "cc/tf/pool_parallel_for.cc",
 ]
 
 # Layer 2 GPU OpKernel: compiled with -DGOOGLE_CUDA=1 in the GPU flavour.

@@ -7,11 +7,11 @@
 
 #include "cc/kernels/csr_conv.h"
 #include "cc/tf/csr_conv_attrs.h"
+#include "cc/tf/pool_parallel_for.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
-#include "tensorflow/core/platform/threadpool.h"
 
 namespace tensorflow {
 namespace escort_tf {
@@ -124,13 +124,8 @@ class CsrConv2DCpuOp : public CsrConv2DOpBase {
                                   DT_FLOAT, output->shape(), &float_output));
     }
 
-    thread::ThreadPool* pool =
-        context->device()->tensorflow_cpu_worker_threads()->workers;
-    const escort::ParallelFor parallel_for =
-        [pool](int64_t num_units, int64_t cost_per_unit,
-               const std::function<void(int64_t, int64_t)>& work) {
-          pool->ParallelFor(num_units, cost_per_unit, work);
-        };
+    const escort::ParallelFor parallel_for = PoolParallelFor(
+        context->device()->tensorflow_cpu_worker_threads()->workers);
     escort::CsrConv2DCpu(
         geometry, input.flat<float>().data(),
         context->input(1).flat<int32_t>().data(),
