@@ -45,6 +45,45 @@ def median_ms(fns, iters, warmup=3):
     return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
 
 
+def graph_ms(fns, replays=15, min_calls=16):
+    """Median device time per call from CUDA-graph replays of back-to-back calls.
+
+    A single call timed with events also counts the host time between
+    recording the start event and the launch (Python, ctypes, torch dispatch):
+    at batch 1 that is most of the 30-50 us measured that way, for every
+    method alike. A graph replay launches all its calls without the host in
+    between, as a framework that enqueues ahead does (METHOD.md: "for many small
+    launches, capture a graph and time its replays"). Returns None when a
+    method cannot be captured.
+    """
+    calls = len(fns) * math.ceil(min_calls / len(fns))
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # torch's recipe: warm up on a side stream
+        for fn in fns:
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            for i in range(calls):
+                fns[i % len(fns)]()
+    except RuntimeError:
+        torch.cuda.synchronize()
+        return None
+    graph.replay()
+    torch.cuda.synchronize()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
+    for start, end in zip(starts, ends):
+        start.record()
+        graph.replay()
+        end.record()
+    torch.cuda.synchronize()
+    del graph
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) / calls
+
+
 def adaptive_iters(fn, budget_ms=150.0, lo=10, hi=200):
     fn()
     torch.cuda.synchronize()
@@ -103,7 +142,7 @@ def layer_inputs(layer, batch, n_sets, gen):
 
 
 def run_case(layer, batch, density, gen, info, sweep_configs=None, quick=False,
-             escort_only=False):
+             escort_only=False, split_sweep=False):
     K, C, R = layer.out_channels, layer.in_channels, layer.kernel
     w = eg.random_filter(K, C, R, R, density, gen)
     csr = eg.CsrFilter(w)
@@ -126,11 +165,17 @@ def run_case(layer, batch, density, gen, info, sweep_configs=None, quick=False,
                config_nchw=eg.choose_config(geo_nchw, csr.nnz, info["sms"]))
     times = {}
 
+    events = {}  # per-call event times, host launch cost included (see graph_ms)
+
     def timed(name, fns):
         it = adaptive_iters(fns[0])
         if quick:
             it = min(it, 20)
-        times[name] = median_ms(fns, it)
+        events[name] = median_ms(fns, it)
+        graph = graph_ms(fns)
+        times[name] = graph if graph is not None else events[name]
+        if graph is None:
+            res.setdefault("not_captured", []).append(name)
 
     timed("escort_nhwc", [lambda x=x: eg.conv(geo_nhwc, x, csr, None, "none", out_nhwc)
                           for x in xs_nhwc])
@@ -144,8 +189,22 @@ def run_case(layer, batch, density, gen, info, sweep_configs=None, quick=False,
     del ref
     if sweep_configs is not None:
         sweep(res, times, geo_nhwc, batch, csr, xs_nhwc, out_nhwc, sweep_configs)
+    if split_sweep:
+        # The tile the heuristic picks without clusters, at each split.
+        res["config_unsplit"] = eg.choose_config(geo_nhwc, csr.nnz, info["sms"], clusters=False)
+        res["split_sweep"] = {}
+        for split in (1, 2, 4, 8):
+            cfg = tuple(res["config_unsplit"][:9]) + (split,)
+            fns = [lambda x=x: eg.conv(geo_nhwc, x, csr, None, "none", out_nhwc, cfg)
+                   for x in xs_nhwc]
+            try:
+                fns[0]()
+            except RuntimeError:  # more ranks than chunks
+                continue
+            res["split_sweep"][split] = graph_ms(fns)
     if escort_only:
         res["ms"] = times
+        res["ms_events"] = events
         res["escort_ms"] = times["escort_nhwc"]
         return res
 
@@ -174,9 +233,12 @@ def run_case(layer, batch, density, gen, info, sweep_configs=None, quick=False,
 
     timed("im2col_cusparse", [lambda x=x: lowered_spmm(x) for x in xs])
     res["ms"] = times
+    res["ms_events"] = events
     res["escort_ms"] = min(times["escort_nhwc"], times["escort_nchw"])
     res["speedup_nhwc"] = {k: v / times["escort_nhwc"] for k, v in times.items()
                            if not k.startswith("escort")}
+    res["speedup_nhwc_events"] = {k: v / events["escort_nhwc"] for k, v in events.items()
+                                  if not k.startswith("escort")}
 
     return res
 
@@ -216,11 +278,11 @@ def sweep_candidates(geo, batch):
             for th, tw in sorted(shapes):
                 for cc in (16, 32):
                     for pre in (0, 1):
-                        cands.append((pt, kw, 8, nb, th, tw, cc, 1, pre))
+                        cands.append((pt, kw, 8, nb, th, tw, cc, 1, pre, 1))
         for pt, kw, pc in ((8, 2, 4), (8, 4, 4), (16, 2, 4), (4, 4, 4)):
             if (32 // nb) * pc <= 2 * geo.Q + 32:
                 for pre in (0, 1):
-                    cands.append((pt, kw, 8, nb, pt // pc, (32 // nb) * pc, 16, pc, pre))
+                    cands.append((pt, kw, 8, nb, pt // pc, (32 // nb) * pc, 16, pc, pre, 1))
     step = max(1, len(cands) // 60)  # bound the sweep's time
     return cands[::step]
 
@@ -238,6 +300,8 @@ def main():
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--layers", default="")
     ap.add_argument("--escort-only", action="store_true", help="time only our kernel")
+    ap.add_argument("--split-sweep", action="store_true",
+                    help="also time the heuristic's tile at cluster splits 1, 2, 4, 8")
     ap.add_argument("--skim-only", action="store_true", help="only SkimCaffe densities")
     args = ap.parse_args()
     gen = torch.Generator().manual_seed(7)
@@ -252,17 +316,18 @@ def main():
                     ("uniform", d) for d in (() if args.skim_only else UNIFORM_DENSITIES)]:
                 r = run_case(layer, batch, density, gen, info,
                              sweep_candidates if (args.sweep and label == "skimcaffe") else None,
-                             args.quick, args.escort_only)
+                             args.quick, args.escort_only, args.split_sweep)
                 r["density_label"] = label
                 results.append(r)
                 with open(args.json, "w") as f:  # partial results survive a timeout
                     json.dump(dict(device=info, ceilings=ceil, results=results), f)
                 if args.escort_only:
-                    print("%-20s b=%-2d d=%.3f escort %.4f ms nchw %.4f cfg %s err %.1e%s" % (
+                    print("%-20s b=%-2d d=%.3f escort %.4f ms nchw %.4f cfg %s err %.1e%s%s" % (
                         layer.name, batch, density, r["ms"]["escort_nhwc"],
                         r["ms"]["escort_nchw"], r["config"], r["spot_rel_error"],
-                        " | sweep top %s" % r["sweep_top"][:3] if "sweep_top" in r else ""),
-                        flush=True)
+                        " | sweep top %s" % r["sweep_top"][:3] if "sweep_top" in r else "",
+                        " | split %s" % {k: round(v, 4) for k, v in r["split_sweep"].items()}
+                        if "split_sweep" in r else ""), flush=True)
                     continue
                 s = r["speedup_nhwc"]
                 print("%-20s b=%-2d d=%.3f escort %.4f ms | x fp32 %.2f tf32 %.2f bf16 %.2f "
@@ -283,9 +348,12 @@ def main():
             if not rs:
                 continue
             key = "b%d_%s" % (batch, label if label == "skimcaffe" else "d%.2f" % label)
-            summary[key] = {m: geomean([r["speedup_nhwc"][m] for r in rs])
-                            for m in rs[0]["speedup_nhwc"]}
-            print("geomean", key, json.dumps({k: round(v, 3) for k, v in summary[key].items()}))
+            for suffix in ("", "_events"):
+                summary[key + suffix] = {
+                    m: geomean([r["speedup_nhwc" + suffix][m] for r in rs])
+                    for m in rs[0]["speedup_nhwc" + suffix]}
+                print("geomean", key + suffix,
+                      json.dumps({k: round(v, 3) for k, v in summary[key + suffix].items()}))
     with open(args.json, "w") as f:
         json.dump(dict(device=info, ceilings=ceil, summary=summary, results=results), f, indent=1)
 

@@ -27,12 +27,20 @@ FAST_INSTANCES = ((4, 2, 4), (4, 4, 4), (8, 2, 4), (8, 4, 4), (8, 2, 8), (8, 4, 
                   (16, 2, 8), (16, 2, 4), (16, 1, 4))
 
 
+def random_split(rng):
+    """Cluster split over input channels: sm_90+ only; more than the layer's chunks
+    is rejected like any invalid tile (the case then runs the heuristic)."""
+    if torch.cuda.get_device_capability()[0] < 9 or rng.random() < 0.5:
+        return 1
+    return rng.choice((2, 3, 4, 8))
+
+
 def random_config(rng, geo):
     if rng.random() < 0.5:  # row-slot fast path (stride_w 1 only; else rejected)
         pt, kw, pc = rng.choice(FAST_INSTANCES)
         nb = rng.choice(CONFIG_SPACE["nb"])
         return (pt, kw, rng.choice(CONFIG_SPACE["warps"]), nb, pt // pc, (32 // nb) * pc,
-                rng.choice(CONFIG_SPACE["cc"]), pc, rng.choice((0, 1)))
+                rng.choice(CONFIG_SPACE["cc"]), pc, rng.choice((0, 1)), random_split(rng))
     while True:
         pt, kw = rng.choice(CONFIG_SPACE["pt"]), rng.choice(CONFIG_SPACE["kw"])
         if pt == 16 and kw == 4:
@@ -44,7 +52,7 @@ def random_config(rng, geo):
             continue
         tw = rng.randint(1, min(pix, 64))
         th = rng.randint(1, max(1, pix // tw))
-        return (pt, kw, warps, nb, th, tw, cc, 1, rng.choice((0, 1)))
+        return (pt, kw, warps, nb, th, tw, cc, 1, rng.choice((0, 1)), random_split(rng))
 
 
 def random_case(rng, small):

@@ -32,9 +32,9 @@ escort::Activation ToActivation(int a) {
 
 extern "C" {
 
-// config: nullptr for the heuristic, else 9 ints (pixels_per_lane,
+// config: nullptr for the heuristic, else 10 ints (pixels_per_lane,
 // channels_per_warp, warps, images, tile_h, tile_w, chunk_c, row_slots,
-// preload).
+// preload, split_c).
 int escort_csr_conv2d(const int64_t* geometry, const float* input,
                       const int32_t* row_offsets,
                       const int32_t* column_indices, const float* values,
@@ -57,16 +57,17 @@ int escort_csr_conv2d(const int64_t* geometry, const float* input,
   c.chunk_c = config[6];
   c.row_slots = config[7];
   c.preload = config[8];
+  c.split_c = config[9];
   return static_cast<int>(escort::CsrConv2DGpuWithConfig(
       g, input, row_offsets, column_indices, values, nnz, bias,
       ToActivation(activation), output, c, s));
 }
 
-// Writes the heuristic's choice into config[9].
+// Writes the heuristic's choice into config[10].
 void escort_choose_config(const int64_t* geometry, int64_t nnz, int num_sms,
-                          int* config) {
-  const escort::CsrConvGpuConfig c =
-      escort::ChooseCsrConvGpuConfig(ToGeometry(geometry), nnz, num_sms);
+                          int clusters, int* config) {
+  const escort::CsrConvGpuConfig c = escort::ChooseCsrConvGpuConfig(
+      ToGeometry(geometry), nnz, num_sms, clusters != 0);
   config[0] = c.pixels_per_lane;
   config[1] = c.channels_per_warp;
   config[2] = c.warps;
@@ -76,6 +77,7 @@ void escort_choose_config(const int64_t* geometry, int64_t nnz, int num_sms,
   config[6] = c.chunk_c;
   config[7] = c.row_slots;
   config[8] = c.preload;
+  config[9] = c.split_c;
 }
 
 const char* escort_error_string(int err) {

@@ -30,6 +30,7 @@ def lib():
             ctypes.c_void_p, ctypes.c_void_p]
         _lib.escort_choose_config.restype = None
         _lib.escort_choose_config.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int,
+                                              ctypes.c_int,
                                               ctypes.c_void_p]
         _lib.escort_error_string.restype = ctypes.c_char_p
         _lib.escort_error_string.argtypes = [ctypes.c_int]
@@ -115,7 +116,7 @@ def conv(geo, x, csr, bias, activation, out, config=None, stream=None):
     """Runs the escort kernel; raises on a CUDA error."""
     cfg = None
     if config is not None:
-        cfg = (ctypes.c_int * 9)(*config)
+        cfg = (ctypes.c_int * 10)(*config)
     if stream is None:
         stream = torch.cuda.current_stream().cuda_stream
     err = lib().escort_csr_conv2d(
@@ -127,9 +128,13 @@ def conv(geo, x, csr, bias, activation, out, config=None, stream=None):
         raise RuntimeError("escort kernel: %s (%d)" % (lib().escort_error_string(err).decode(), err))
 
 
-def choose_config(geo, nnz, num_sms):
-    cfg = (ctypes.c_int * 9)()
-    lib().escort_choose_config(ctypes.addressof(geo.packed), nnz, num_sms, ctypes.addressof(cfg))
+def choose_config(geo, nnz, num_sms, clusters=None):
+    """The heuristic's tile; `clusters` defaults to whether the GPU is sm_90+."""
+    if clusters is None:
+        clusters = torch.cuda.get_device_capability()[0] >= 9
+    cfg = (ctypes.c_int * 10)()
+    lib().escort_choose_config(ctypes.addressof(geo.packed), nnz, num_sms, int(clusters),
+                               ctypes.addressof(cfg))
     return tuple(cfg)
 
 

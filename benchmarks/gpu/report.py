@@ -38,8 +38,12 @@ def main(path):
     dev, ceil = d["device"], d["ceilings"]
     bw = ceil["copy_GBps"] * 1e9
     print("# Escort CSR direct convolution on the GPU: measured results\n")
-    print("%s, driver %s, CUDA %s (torch %s), cuDNN %s; fp32; CUDA-event medians over rotated inputs; "
-          "all methods in one process. Measured ceilings: copy %.0f GB/s, SGEMM %.1f TFLOP/s, "
+    print("%s, driver %s, CUDA %s (torch %s), cuDNN %s; fp32; all methods in one process, "
+          "rotated inputs. Times are device time per call: the median over CUDA-graph replays "
+          "of 16+ back-to-back calls (host launch cost excluded, as in a framework that "
+          "enqueues ahead). The `_events` rows time each call alone between two CUDA events, "
+          "which also counts the host's launch path (Python, ctypes or torch dispatch): "
+          "the previous method, kept for comparison. Measured ceilings: copy %.0f GB/s, SGEMM %.1f TFLOP/s, "
           "TF32 GEMM %.0f TFLOP/s, bf16 GEMM %.0f TFLOP/s.\n" % (
               dev["gpu"], dev.get("driver"), dev["cuda"], dev["torch"], dev["cudnn"],
               ceil["copy_GBps"], ceil["sgemm_fp32_TFLOPS"], ceil["gemm_tf32_TFLOPS"],
@@ -54,6 +58,10 @@ def main(path):
     print("|---|" + "---|" * len(METHODS))
     for key, g in d["summary"].items():
         print("| %s | %s |" % (key, " | ".join("%.2fx" % g[m] for m in METHODS)))
+    uncaptured = sorted({m for r in d["results"] for m in r.get("not_captured", [])})
+    if uncaptured:
+        print("\nNot capturable in a CUDA graph, timed with events instead: %s."
+              % ", ".join(uncaptured))
     for batch in sorted({r["batch"] for r in d["results"]}):
         for label in ("skimcaffe", 0.30, 0.10):
             rs = [r for r in d["results"] if r["batch"] == batch and (
@@ -64,7 +72,7 @@ def main(path):
             print("\n## batch %d, %s\n" % (batch, "SkimCaffe densities" if label == "skimcaffe"
                                              else "density %.2f" % label))
             print("| layer | density | escort ms | nchw ms | TF/s | floors mem/fp32/lds ms | "
-                  + " | ".join(METHODS) + " | tile (pt,kw,warps,nb,th,tw,cc,pc,pre) |")
+                  + " | ".join(METHODS) + " | tile (pt,kw,warps,nb,th,tw,cc,pc,pre,split) |")
             print("|---|---|---|---|---|---|" + "---|" * len(METHODS) + "---|")
             for r in rs:
                 t = r["ms"]["escort_nhwc"]

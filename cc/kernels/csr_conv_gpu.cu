@@ -27,8 +27,15 @@
 //     contiguous run).
 //   * Results go through shared memory so that global stores are coalesced
 //     in either data format; bias and ReLU/ReLU6 are applied there.
+//   * Split over input channels (sm_90 thread-block clusters): when a grid
+//     has too few blocks to hide latency (batch 1), `split` blocks of one
+//     cluster share a tile, each running a contiguous range of the chunks;
+//     they add their partial tiles through distributed shared memory in a
+//     fixed rank order before the epilogue. Still one launch, no workspace,
+//     no atomics, deterministic.
 // The tile is chosen by a cost model fitted to H100 measurements
 // (ChooseCsrConvGpuConfig; benchmarks/gpu/NOTES.md has the data).
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -66,6 +73,8 @@ struct Params {
   // Preloaded filter (0 capacity: off): the block's CSR rows bucketed by
   // chunk in shared memory, and each (row, chunk)'s start.
   int pool_cap, pool_off, starts_off, nch;
+  // Blocks per cluster splitting the chunks (1: no split).
+  int split;
 };
 
 // cp.async exists from sm_80 on; sm_75 stages synchronously (the barrier
@@ -211,6 +220,32 @@ __device__ __forceinline__ int BuildList(const Params& p, int* cur,
   return n;
 }
 
+// Output element `index` of the block's tile: its own partial, or with a
+// split the sum of every cluster rank's partial in rank order.
+__device__ __forceinline__ float TileValue(const Params& p, float* ob,
+                                           int index) {
+#if __CUDA_ARCH__ >= 900
+  if (p.split > 1) {
+    cooperative_groups::cluster_group cluster =
+        cooperative_groups::this_cluster();
+    float v = 0.f;
+    for (int q = 0; q < p.split; ++q) {
+      v += cluster.map_shared_rank(ob, q)[index];
+    }
+    return v;
+  }
+#endif
+  return ob[index];
+}
+
+// Orders every rank's partial-tile writes before any rank reads them, and
+// those reads before any rank exits (its shared memory would go with it).
+__device__ __forceinline__ void ClusterSync(const Params& p) {
+#if __CUDA_ARCH__ >= 900
+  if (p.split > 1) cooperative_groups::this_cluster().sync();
+#endif
+}
+
 template <int PT, int KW, int PC>
 __global__ void __launch_bounds__(256, 2)
     CsrConvKernel(const Params p) {
@@ -228,9 +263,11 @@ __global__ void __launch_bounds__(256, 2)
   const int nslots = p.nb * p.th * p.tw;
   const int tile_pixels = p.th * p.tw;
 
-  // Block -> (k group fastest, so blocks sharing an input tile run
-  // together and hit L2, then q tile, p tile, image group).
-  int bid = blockIdx.x;
+  // Block -> (cluster rank fastest: consecutive blocks form a cluster,
+  // then k group, so blocks sharing an input tile run together and hit L2,
+  // then q tile, p tile, image group).
+  const int rank = blockIdx.x % p.split;
+  int bid = blockIdx.x / p.split;
   const int kg = bid % p.k_groups;
   bid /= p.k_groups;
   const int tq = bid % p.tiles_q;
@@ -273,6 +310,11 @@ __global__ void __launch_bounds__(256, 2)
     otab[sl] = o;
   }
 
+  // This block's chunks.
+  const int nch = (p.C + p.cc - 1) / p.cc;
+  const int ch_begin = rank * nch / p.split;
+  const int ch_end = (rank + 1) * nch / p.split;
+
   // Preload: when the block's rows fit, bucket them once by input-channel
   // chunk into shared memory, already decoded (byte offset of the tap and
   // channel in the chunk's buffer, weight). Every chunk's list for every
@@ -287,6 +329,7 @@ __global__ void __launch_bounds__(256, 2)
       __ldg(p.row_offsets + kb_last) - block_base <= p.pool_cap;
   __syncthreads();  // tapoff ready.
   if (preload) {
+    constexpr int kPre = 4;
     const unsigned lanes_below = (1u << lane) - 1u;
 #pragma unroll
     for (int kk = 0; kk < KW; ++kk) {
@@ -296,19 +339,28 @@ __global__ void __launch_bounds__(256, 2)
       int* st = starts + (warp * KW + kk) * (p.nch + 1);
       for (int h = lane; h <= p.nch; h += 32) st[h] = 0;
       __syncwarp();
-      // Pass 1: entries per chunk.
-      for (int i0 = rb; i0 < re; i0 += 32) {
-        const int idx = i0 + lane;
-        const bool ok = idx < re;
-        const unsigned active = __ballot_sync(0xffffffffu, ok);
-        if (ok) {
-          const int col = __ldg(p.column_indices + idx);
-          const int t = col / p.C;
-          const int h = (col - t * p.C) >> p.log_cc;
-          const unsigned peers = __match_any_sync(active, h);
-          if ((peers & lanes_below) == 0) st[h + 1] += __popc(peers);
+      // Pass 1: entries per chunk. Each lane loads kPre entries before
+      // using any, so a long row costs one load latency per kPre rounds.
+      // Only this rank's chunks are counted (and stored in pass 2).
+      for (int i0 = rb; i0 < re; i0 += 32 * kPre) {
+        int cols[kPre];
+#pragma unroll
+        for (int u = 0; u < kPre; ++u) {
+          const int idx = i0 + u * 32 + lane;
+          cols[u] = idx < re ? __ldg(p.column_indices + idx) : 0;
         }
-        __syncwarp();
+#pragma unroll
+        for (int u = 0; u < kPre; ++u) {
+          const int t = cols[u] / p.C;
+          const int h = (cols[u] - t * p.C) >> p.log_cc;
+          const bool ok = i0 + u * 32 + lane < re && h >= ch_begin && h < ch_end;
+          const unsigned active = __ballot_sync(0xffffffffu, ok);
+          if (ok) {
+            const unsigned peers = __match_any_sync(active, h);
+            if ((peers & lanes_below) == 0) st[h + 1] += __popc(peers);
+          }
+          __syncwarp();
+        }
       }
       // Exclusive prefix over chunks (serial per lane 0: nch <= 64).
       if (lane == 0) {
@@ -321,32 +373,39 @@ __global__ void __launch_bounds__(256, 2)
       __syncwarp();
       // st[h] now holds the start of chunk h; use st[h] as the running
       // write position and restore it afterwards from the end of h - 1.
-      for (int i0 = rb; i0 < re; i0 += 32) {
-        const int idx = i0 + lane;
-        const bool ok = idx < re;
-        const unsigned active = __ballot_sync(0xffffffffu, ok);
-        int h = 0, pos = 0, n_peers = 0;
-        bool leader = false;
-        int2 entry;
-        if (ok) {
-          const int col = __ldg(p.column_indices + idx);
-          const int t = col / p.C;
-          const int c = col - t * p.C;
-          h = c >> p.log_cc;
-          const unsigned peers = __match_any_sync(active, h);
-          leader = (peers & lanes_below) == 0;
-          n_peers = __popc(peers);
-          pos = st[h] + __popc(peers & lanes_below);
-          entry = make_int2(((c & (p.cc - 1)) * p.chan_pitch) * 4 + tapoff[t] +
-                                (h & 1) * p.tile_floats * 4,
-                            __float_as_int(__ldg(p.values + idx)));
+      for (int i0 = rb; i0 < re; i0 += 32 * kPre) {
+        int cols[kPre];
+        float vals[kPre];
+#pragma unroll
+        for (int u = 0; u < kPre; ++u) {
+          const int idx = i0 + u * 32 + lane;
+          cols[u] = idx < re ? __ldg(p.column_indices + idx) : 0;
+          vals[u] = idx < re ? __ldg(p.values + idx) : 0.f;
         }
-        __syncwarp();
-        if (ok) {
-          pool[pos] = entry;
-          if (leader) st[h] += n_peers;
+#pragma unroll
+        for (int u = 0; u < kPre; ++u) {
+          const int t = cols[u] / p.C;
+          const int c = cols[u] - t * p.C;
+          const int h = c >> p.log_cc;
+          const bool ok = i0 + u * 32 + lane < re && h >= ch_begin && h < ch_end;
+          const unsigned active = __ballot_sync(0xffffffffu, ok);
+          int pos = 0, n_peers = 0;
+          bool leader = false;
+          if (ok) {
+            const unsigned peers = __match_any_sync(active, h);
+            leader = (peers & lanes_below) == 0;
+            n_peers = __popc(peers);
+            pos = st[h] + __popc(peers & lanes_below);
+          }
+          __syncwarp();
+          if (ok) {
+            pool[pos] = make_int2(((c & (p.cc - 1)) * p.chan_pitch) * 4 + tapoff[t] +
+                                      (h & 1) * p.tile_floats * 4,
+                                  __float_as_int(vals[u]));
+            if (leader) st[h] += n_peers;
+          }
+          __syncwarp();
         }
-        __syncwarp();
       }
       // Shift back: start of h = end of h - 1.
       int carry = rb - block_base;
@@ -363,8 +422,8 @@ __global__ void __launch_bounds__(256, 2)
     }
   }
 
-  // Row bounds and the first entry of every tap (binary search, one lane
-  // per tap).
+  // Row bounds and the first entry of every tap at or after the block's
+  // first chunk (binary search, one lane per tap).
   int* my_cur = cursors + warp * KW * rs;
   int2* my_list = lists + warp * rs * p.cc;
   int row_end[KW];
@@ -378,7 +437,7 @@ __global__ void __launch_bounds__(256, 2)
     }
     row_end[kk] = re;
     for (int t = lane; t < rs && !preload; t += 32) {
-      const int key = t * p.C;
+      const int key = t * p.C + ch_begin * p.cc;
       int lo = rb, hi = re;
       while (lo < hi) {
         const int mid = (lo + hi) >> 1;
@@ -418,13 +477,17 @@ __global__ void __launch_bounds__(256, 2)
     for (int i = 0; i < PT; ++i) acc[kk][i] = 0.f;
 
   __syncthreads();  // stab ready.
-  const int nch = (p.C + p.cc - 1) / p.cc;
-  if (nch > 0) StageChunk(p, region, stab, 0);
+  // Buffers alternate by absolute chunk parity: the preloaded entries
+  // carry the buffer of their chunk.
+  if (ch_begin < ch_end) {
+    StageChunk(p, region + (ch_begin & 1) * p.tile_floats, stab,
+               ch_begin * p.cc);
+  }
   CpAsyncCommit();
-  for (int ch = 0; ch < nch; ++ch) {
+  for (int ch = ch_begin; ch < ch_end; ++ch) {
     const int c0 = ch * p.cc;
     const int clen = min(p.cc, p.C - c0);
-    if (ch + 1 < nch) {
+    if (ch + 1 < ch_end) {
       StageChunk(p, region + ((ch + 1) & 1) * p.tile_floats, stab, c0 + p.cc);
       CpAsyncCommit();
       CpAsyncWait<1>();
@@ -477,16 +540,19 @@ __global__ void __launch_bounds__(256, 2)
     }
   }
   __syncthreads();
+  ClusterSync(p);
   const int k_block = kg * kb;
   if (p.nhwc) {
-    // Channel fastest: consecutive threads write consecutive channels.
+    // Channel fastest: consecutive threads write consecutive channels. With
+    // a split each rank stores its share of the tile.
     const int total = nslots << p.log_kb;
-    for (int e = tid; e < total; e += nthreads) {
+    const int e_end = (rank + 1) * total / p.split;
+    for (int e = rank * total / p.split + tid; e < e_end; e += nthreads) {
       const int kl = e & (kb - 1), sl = e >> p.log_kb;
       const int k = k_block + kl;
       const int o = otab[sl];
       if (o >= 0 && k < p.K) {
-        float v = ob[kl * p.slot_pitch + sl];
+        float v = TileValue(p, ob, kl * p.slot_pitch + sl);
         if (p.bias != nullptr) v += __ldg(p.bias + k);
         if (p.activation == 1) v = fmaxf(v, 0.f);
         if (p.activation == 2) v = fminf(fmaxf(v, 0.f), 6.f);
@@ -495,14 +561,16 @@ __global__ void __launch_bounds__(256, 2)
     }
   } else {
     const int pq = p.P * p.Q;
-    for (int kl = warp; kl < kb; kl += nthreads >> 5) {
+    const int kl_end = (rank + 1) * kb / p.split;
+    for (int kl = rank * kb / p.split + warp; kl < kl_end;
+         kl += nthreads >> 5) {
       const int k = k_block + kl;
       if (k >= p.K) break;
       const float b = p.bias != nullptr ? __ldg(p.bias + k) : 0.f;
       for (int sl = lane; sl < nslots; sl += 32) {
         const int o = otab[sl];
         if (o >= 0) {
-          float v = ob[kl * p.slot_pitch + sl] + b;
+          float v = TileValue(p, ob, kl * p.slot_pitch + sl) + b;
           if (p.activation == 1) v = fmaxf(v, 0.f);
           if (p.activation == 2) v = fminf(fmaxf(v, 0.f), 6.f);
           p.output[o + k * pq] = v;
@@ -510,6 +578,7 @@ __global__ void __launch_bounds__(256, 2)
       }
     }
   }
+  ClusterSync(p);
 }
 
 // (pixels_per_lane, channels_per_warp, row_slots) instantiated. row_slots
@@ -602,7 +671,30 @@ bool ConfigValid(const ConvGeometry& g, const CsrConvGpuConfig& c,
   if (c.tile_h < 1 || c.tile_w < 1) return false;
   if (static_cast<int64_t>(c.images) * c.tile_h * c.tile_w > 32 * pt)
     return false;
+  // Each rank of a split needs a chunk of its own; 8 is the portable
+  // cluster size limit.
+  const int64_t nch = (g.C + c.chunk_c - 1) / c.chunk_c;
+  if (c.split_c < 1 || c.split_c > 8 || c.split_c > std::max<int64_t>(nch, 1))
+    return false;
   return MakeLayout(g, c, nnz).smem_bytes <= kMaxSmemBytes;
+}
+
+// Whether the current device runs clusters and the kernel image loaded for
+// it was compiled with them: a PTX-only build for an older architecture
+// JIT-compiled on sm_90 would drop the cluster reduction (see TileValue).
+template <typename Kernel>
+cudaError_t CheckClusterSupport(Kernel kernel) {
+  int device = 0, major = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor,
+                               device);
+  if (err != cudaSuccess) return err;
+  cudaFuncAttributes attributes;
+  err = cudaFuncGetAttributes(&attributes, kernel);
+  if (err != cudaSuccess) return err;
+  return major >= 9 && attributes.ptxVersion >= 90 ? cudaSuccess
+                                                   : cudaErrorInvalidValue;
 }
 
 template <int PT, int KW, int PC>
@@ -615,7 +707,26 @@ cudaError_t LaunchOn(const Params& p, int blocks, int threads, int smem,
       CsrConvKernel<PT, KW, PC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
       smem);
   if (err != cudaSuccess) return err;
-  CsrConvKernel<PT, KW, PC><<<blocks, threads, smem, stream>>>(p);
+  if (p.split == 1) {
+    CsrConvKernel<PT, KW, PC><<<blocks, threads, smem, stream>>>(p);
+    return cudaGetLastError();
+  }
+  err = CheckClusterSupport(CsrConvKernel<PT, KW, PC>);
+  if (err != cudaSuccess) return err;
+  cudaLaunchAttribute cluster;
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = p.split;
+  cluster.val.clusterDim.y = 1;
+  cluster.val.clusterDim.z = 1;
+  cudaLaunchConfig_t launch = {};
+  launch.gridDim = dim3(blocks);
+  launch.blockDim = dim3(threads);
+  launch.dynamicSmemBytes = smem;
+  launch.stream = stream;
+  launch.attrs = &cluster;
+  launch.numAttrs = 1;
+  err = cudaLaunchKernelEx(&launch, CsrConvKernel<PT, KW, PC>, p);
+  if (err != cudaSuccess) return err;
   return cudaGetLastError();
 }
 
@@ -631,6 +742,12 @@ cudaError_t LaunchOn(const Params& p, int blocks, int threads, int smem,
 // instructions per entry, issued instructions per cycle, and the latency
 // of one chunk for one warp (sets the floor when the grid is small).
 constexpr double kCostModel[6] = {86.0, 5.94, 16.8, 1.1, 3.99, 247.2};
+// Fixed cost of a split, in cycles: measured on the H100, splitting a batch-1
+// tile two ways added 7-16 us whatever the chunk count (split sweeps of the
+// ten benchmark layers, benchmarks/gpu/NOTES.md): cluster scheduling, the
+// two cluster barriers, and row scans every rank repeats. With this value
+// the model splits only where the sweeps measured a gain.
+constexpr double kSplitCycles = 14000.0;
 
 double EstimateCost(const ConvGeometry& g, double density, int64_t nnz,
                     const CsrConvGpuConfig& c, int num_sms) {
@@ -641,8 +758,9 @@ double EstimateCost(const ConvGeometry& g, double density, int64_t nnz,
   const int64_t blocks = ((g.N + c.images - 1) / c.images) *
                          ((g.P + c.tile_h - 1) / c.tile_h) *
                          ((g.Q + c.tile_w - 1) / c.tile_w) *
-                         ((g.K + kb - 1) / kb);
-  const int64_t nch = (g.C + c.chunk_c - 1) / c.chunk_c;
+                         ((g.K + kb - 1) / kb) * c.split_c;
+  // Chunks of the busiest rank.
+  const int64_t nch = ((g.C + c.chunk_c - 1) / c.chunk_c + c.split_c - 1) / c.split_c;
   const double clen = static_cast<double>(std::min<int64_t>(c.chunk_c, g.C));
   const double entries = rs * clen * density;
   const double adds = c.row_slots > 1 ? pt / c.row_slots : pt;
@@ -656,12 +774,16 @@ double EstimateCost(const ConvGeometry& g, double density, int64_t nnz,
   // Preloading reads each row once, coalesced, in two bucketing passes.
   const double preload =
       l.pool_cap > 0 ? 2.0 * kCostModel[3] * kb * (rs * g.C * density) / 32.0 : 0.0;
+  // Epilogue: each rank stores 1/split of the tile, reading split partials.
+  const double tile_words = static_cast<double>(kb) * c.images * c.tile_h * c.tile_w;
+  const double cluster_cycles = c.split_c > 1 ? kSplitCycles : 0.0;
   const double block_issue =
       nch * (c.warps * issue_warp_chunk + kCostModel[1] * staging) + preload +
-      4.0 * kb * c.images * c.tile_h * c.tile_w / 32.0 + 400.0;
+      tile_words / 32.0 * (4.0 + (c.split_c > 1 ? 3.0 : 0.0)) + 400.0;
   const double block_lds = nch * (c.warps * lds_warp_chunk + 2.0 * staging);
   const double block_cycles =
-      std::max(block_issue / kCostModel[4], block_lds / 0.9) + nch * kCostModel[0];
+      std::max(block_issue / kCostModel[4], block_lds / 0.9) +
+      nch * kCostModel[0] + cluster_cycles;
   const int regs = 40 + pt * (c.channels_per_warp + 1);
   int occ = kSmemPerSm / (l.smem_bytes + 1024);
   occ = std::min(occ, 64 / c.warps);
@@ -674,14 +796,15 @@ double EstimateCost(const ConvGeometry& g, double density, int64_t nnz,
   // One warp alone issues at most one instruction per cycle and waits for
   // each chunk: the floor of a block's time in a small grid (batch 1).
   const double warp_serial =
-      nch * (issue_warp_chunk + c.channels_per_warp * kCostModel[5]);
+      nch * (issue_warp_chunk + c.channels_per_warp * kCostModel[5]) +
+      cluster_cycles;
   return per_sm * std::max(block_cycles / eff, warp_serial);
 }
 
 }  // namespace
 
 CsrConvGpuConfig ChooseCsrConvGpuConfig(const ConvGeometry& g, int64_t nnz,
-                                        int num_sms) {
+                                        int num_sms, bool clusters) {
   // One-entry cache: the op calls this with the same layer again and again.
   struct Key {
     int64_t v[16];
@@ -691,7 +814,8 @@ CsrConvGpuConfig ChooseCsrConvGpuConfig(const ConvGeometry& g, int64_t nnz,
   thread_local bool have_last = false;
   const Key key{{g.N, g.H, g.W, g.C, g.K, g.R, g.S, g.P, g.Q, g.stride_h,
                  g.stride_w, g.dilation_h, g.dilation_w,
-                 g.data_format == DataFormat::kNHWC ? 1 : 0, nnz, num_sms}};
+                 (g.data_format == DataFormat::kNHWC ? 1 : 0) + (clusters ? 2 : 0),
+                 nnz, num_sms}};
   if (have_last && std::equal(key.v, key.v + 16, last_key.v)) return last_config;
 
   const double cols = static_cast<double>(g.K) * g.R * g.S * g.C;
@@ -700,7 +824,9 @@ CsrConvGpuConfig ChooseCsrConvGpuConfig(const ConvGeometry& g, int64_t nnz,
   double best_cost = 1e31;
   const int max_nb = g.N >= 32 ? 32 : (1 << Log2(static_cast<int>(std::max<int64_t>(g.N, 1))));
   auto consider = [&](CsrConvGpuConfig c) {
+    for (int split = 1; split <= (clusters ? 8 : 1); split *= 2)
     for (int preload = 0; preload <= 1; ++preload) {
+      c.split_c = split;
       c.preload = preload;
       // Chunks under 8 channels were slow on every layer measured (a
       // barrier and a cp.async wait per few nonzeros); smaller only for
@@ -829,8 +955,9 @@ cudaError_t CsrConv2DGpuWithConfig(const ConvGeometry& g, const float* input,
   p.pool_off = l.pool_off;
   p.starts_off = l.starts_off;
   p.nch = l.nch;
+  p.split = c.split_c;
   const int64_t blocks64 = static_cast<int64_t>((g.N + c.images - 1) / c.images) *
-                           p.tiles_p * p.tiles_q * p.k_groups;
+                           p.tiles_p * p.tiles_q * p.k_groups * c.split_c;
   if (blocks64 > INT_MAX) return cudaErrorInvalidConfiguration;
   const int blocks = static_cast<int>(blocks64);
   const int threads = 32 * c.warps;
@@ -860,8 +987,10 @@ cudaError_t CsrConv2DGpu(const ConvGeometry& geometry, const float* input,
   err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount,
                                device);
   if (err != cudaSuccess) return err;
+  // Any instance tells whether this build's kernels can run clusters here.
+  const bool clusters = CheckClusterSupport(CsrConvKernel<4, 1, 1>) == cudaSuccess;
   const CsrConvGpuConfig config =
-      ChooseCsrConvGpuConfig(geometry, nnz, num_sms);
+      ChooseCsrConvGpuConfig(geometry, nnz, num_sms, clusters);
   return CsrConv2DGpuWithConfig(geometry, input, row_offsets, column_indices,
                                 values, nnz, bias, activation, output, config,
                                 stream);

@@ -55,14 +55,22 @@ struct CsrConvGpuConfig {
   // finding each chunk's nonzeros per chunk (needs <= 64 chunks; blocks
   // whose rows overflow the pool fall back to the per-chunk path).
   int preload = 1;
+  // Blocks that share one tile, each taking a contiguous range of the input
+  // channel chunks, summed through distributed shared memory (a thread-block
+  // cluster). 1 to 8 and at most the number of chunks; above 1 needs an
+  // sm_90+ device and a build with sm_90 code (else cudaErrorInvalidValue).
+  // Raises the block count where a grid is too small to hide latency.
+  int split_c = 1;
 };
 
 // The tile shape CsrConv2DGpu picks for `geometry` and `nnz` nonzeros on a
-// device with `num_sms` multiprocessors: the cheapest valid config under a
-// cost model of issued instructions, shared-memory loads, staging, chunk
-// latency and waves, fitted to H100 timings (benchmarks/gpu/NOTES.md).
+// device with `num_sms` multiprocessors (`clusters`: whether split_c > 1 may
+// be used there): the cheapest valid config under a cost model of issued
+// instructions, shared-memory loads, staging, chunk latency and waves,
+// fitted to H100 timings (benchmarks/gpu/NOTES.md).
 CsrConvGpuConfig ChooseCsrConvGpuConfig(const ConvGeometry& geometry,
-                                        int64_t nnz, int num_sms);
+                                        int64_t nnz, int num_sms,
+                                        bool clusters);
 
 // CsrConv2DGpu with an explicit tile shape, for tuning and tests. Returns
 // cudaErrorInvalidValue for a config outside the valid set above.

@@ -252,6 +252,9 @@ Case RandomCase(std::mt19937* rng, int i) {
   c.config.tile_w = tw;
   c.config.chunk_c = pick({1, 4, 8, 16, 32, 64});
   c.config.preload = pick({0, 1});
+  // Cluster split over input-channel chunks (sm_90+; elsewhere, or with more
+  // ranks than chunks, the config is rejected and the heuristic runs).
+  c.config.split_c = pick({1, 1, 2, 3, 4, 8});
   if (pick({0, 1})) {  // Row-slot fast path; rejected (then heuristic) unless stride_w 1.
     static const int kFast[][3] = {{4, 2, 4}, {8, 2, 4}, {8, 4, 8}, {16, 1, 8}, {16, 2, 4}};
     const int* f = kFast[std::uniform_int_distribution<int>(0, 4)(*rng)];
