@@ -31,21 +31,40 @@ def int_pair(value: IntOrPair, name: str) -> list:
     return pair
 
 
-def _padding(padding):
+def _spatial_pair(value, name: str, data_format: str):
+    """Accepts tf.nn.conv2d's 4-element form too (1 at batch and channels)."""
+    if not isinstance(value, (int, str)) and hasattr(value, "__len__") and len(value) == 4:
+        h, w = (1, 2) if data_format == "NHWC" else (2, 3)
+        others = [v for i, v in enumerate(value) if i not in (h, w)]
+        if any(isinstance(v, bool) or v != 1 for v in others):
+            raise ValueError(f"{name} of 4 entries must be 1 at the batch and channel "
+                             f"positions ({data_format}), got {value!r}")
+        value = [value[h], value[w]]
+    return int_pair(value, name)
+
+
+_PADDING_FORMS = ('padding must be "SAME", "VALID", [[top, bottom], [left, right]] or '
+                  "tf.nn.conv2d's 4 pairs with zeros at batch and channels")
+
+
+def _padding(padding, data_format: str):
     """Returns the op's (padding, explicit_paddings) attributes."""
     if isinstance(padding, str):
         if padding.upper() not in ("SAME", "VALID"):
-            raise ValueError(
-                f'padding must be "SAME", "VALID" or [[top, bottom], [left, right]], '
-                f"got {padding!r}")
+            raise ValueError(f"{_PADDING_FORMS}, got {padding!r}")
         return padding.upper(), []
     try:
-        (top, bottom), (left, right) = padding
-        amounts = [int(top), int(bottom), int(left), int(right)]
+        pairs = [[int(before), int(after)] for before, after in padding]
     except (TypeError, ValueError):
-        raise ValueError(
-            f'padding must be "SAME", "VALID" or [[top, bottom], [left, right]], '
-            f"got {padding!r}") from None
+        raise ValueError(f"{_PADDING_FORMS}, got {padding!r}") from None
+    if len(pairs) == 4:
+        h, w = (1, 2) if data_format == "NHWC" else (2, 3)
+        if any(pairs[i] != [0, 0] for i in range(4) if i not in (h, w)):
+            raise ValueError(f"{_PADDING_FORMS}, got {padding!r}")
+        pairs = [pairs[h], pairs[w]]
+    if len(pairs) != 2:
+        raise ValueError(f"{_PADDING_FORMS}, got {padding!r}")
+    amounts = pairs[0] + pairs[1]
     if min(amounts) < 0:
         raise ValueError(f"padding amounts must be non-negative, got {padding!r}")
     return "EXPLICIT", amounts
@@ -78,9 +97,10 @@ def sparse_conv2d(input,  # pylint: disable=redefined-builtin
       input: 4-D float tensor in `data_format` (float32, float16 or bfloat16).
       filters: the `CsrFilter`; its values must have the input's dtype.
       bias: optional `[cout]` vector added before the activation.
-      strides: int or (stride_h, stride_w).
-      padding: "SAME", "VALID", or explicit `[[top, bottom], [left, right]]`.
-      dilations: int or (dilation_h, dilation_w).
+      strides: int, (stride_h, stride_w), or tf.nn.conv2d's 4-element form.
+      padding: "SAME", "VALID", explicit `[[top, bottom], [left, right]]`,
+        or tf.nn.conv2d's 4 pairs (zeros at batch and channels).
+      dilations: int, (dilation_h, dilation_w), or the 4-element form.
       data_format: "NHWC" or "NCHW".
       activation: None, "relu" or "relu6", fused into the op.
       name: optional op name.
@@ -118,11 +138,11 @@ def csr_conv2d(input,  # pylint: disable=redefined-builtin
     arrays follow `CsrFilter`'s format and the op checks their contents.
     Other arguments as in `sparse_conv2d`.
     """
-    strides = int_pair(strides, "strides")
-    dilations = int_pair(dilations, "dilations")
-    padding_attr, explicit_paddings = _padding(padding)
     if data_format not in ("NHWC", "NCHW"):
         raise ValueError(f'data_format must be "NHWC" or "NCHW", got {data_format!r}')
+    strides = _spatial_pair(strides, "strides", data_format)
+    dilations = _spatial_pair(dilations, "dilations", data_format)
+    padding_attr, explicit_paddings = _padding(padding, data_format)
     if activation not in _ACTIVATIONS:
         raise ValueError(f'activation must be None, "relu" or "relu6", got {activation!r}')
     filter_shape = [int(size) for size in filter_shape]

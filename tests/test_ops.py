@@ -313,6 +313,12 @@ PYTHON_ERRORS = {
     "padding_word": (dict(padding="FULL"), ValueError, "padding must be"),
     "padding_negative": (dict(padding=[[0, -1], [0, 0]]), ValueError, "non-negative"),
     "padding_shape": (dict(padding=[1, 1]), ValueError, "padding must be"),
+    "padding_batch": (dict(padding=[[1, 0], [1, 1], [1, 1], [0, 0]]), ValueError,
+                      "padding must be"),
+    "strides_batch": (dict(strides=[2, 1, 1, 1]), ValueError,
+                      "1 at the batch and channel positions"),
+    "dilations_channel": (dict(dilations=[1, 1, 1, 2]), ValueError,
+                          "1 at the batch and channel positions"),
     "data_format": (dict(data_format="NWHC"), ValueError, "data_format must be"),
     "activation": (dict(activation="gelu"), ValueError, "activation must be"),
     "input_rank": (dict(input=np.ones((4, 4, 2), np.float32)), ValueError, "input must be 4-D"),
@@ -334,6 +340,29 @@ def test_sparse_conv2d_rejects_bad_arguments(overrides, error, message):
     args.update(overrides)
     with pytest.raises(error, match=message):
         escort_tf.sparse_conv2d(**args)
+
+
+@pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
+def test_accepts_tf_nn_conv2d_four_element_arguments(data_format, rng):
+    # Code written for tf.nn.conv2d passes strides, dilations and explicit
+    # padding with entries for the batch and channel dimensions too.
+    x = rng.standard_normal((2, 9, 8, 3) if data_format == "NHWC" else (2, 3, 9, 8))
+    kernel = rng.standard_normal((3, 3, 3, 4)) * (rng.random((3, 3, 3, 4)) < 0.4)
+    csr = escort_tf.CsrFilter.from_dense(kernel.astype(np.float32))
+    spatial = (1, 2) if data_format == "NHWC" else (2, 3)
+
+    def four(h, w, fill):
+        out = [fill] * 4
+        out[spatial[0]], out[spatial[1]] = h, w
+        return out
+
+    short = escort_tf.sparse_conv2d(x.astype(np.float32), csr, strides=(2, 1),
+                                    padding=[[1, 0], [2, 1]], dilations=(1, 2),
+                                    data_format=data_format)
+    full = escort_tf.sparse_conv2d(x.astype(np.float32), csr, strides=four(2, 1, 1),
+                                   padding=four([1, 0], [2, 1], [0, 0]),
+                                   dilations=four(1, 2, 1), data_format=data_format)
+    np.testing.assert_array_equal(short.numpy(), full.numpy())
 
 
 def test_gpu_kernel_registration_matches_build_flavour():
