@@ -8,20 +8,23 @@ cores, with warm-up calls and medians over interleaved repetitions:
   and at 70% and 90% sparsity. Reports times, speedup (dense time / sparse
   time), effective GFLOPS (dense flops / time) and geomeans.
 * `--models`: tf_keras ResNet-50 and VGG-16 (`weights=None`) pruned with TFMOT
-  to SkimCaffe-like per-layer sparsity, stripped, then dense vs
-  `escort_tf.convert`: a `tf.function` model call at batch 1 and 8, and
+  to SkimCaffe-like per-layer sparsity (or, with `--sparsity X`, to X in every
+  layer that profile prunes), stripped, then dense vs `escort_tf.convert`
+  (optionally `--autotune`): a `tf.function` model call at batch 1 and 8, and
   batched `model.predict`. Outputs are checked to match.
 
 Run it from the repository (the layer table is `benchmarks/layers.py`):
 
     TF_USE_LEGACY_KERAS=1 escort-tf bench --json layers.json --markdown layers.md --plot layers.png
     TF_USE_LEGACY_KERAS=1 escort-tf bench --models --json models.json --markdown models.md
+    TF_USE_LEGACY_KERAS=1 escort-tf bench --models --sparsity 0.7 --autotune --json m70.json
 
 The functions the modes are built from (`bench_layers`, `bench_models`,
 `prune_like_skimcaffe`, ...) are public so examples and tests can reuse them.
 """
 
 import argparse
+import dataclasses
 import datetime
 import importlib.util
 import json
@@ -486,6 +489,33 @@ def vgg16_sparsity(layer) -> float:
     return _VGG16_FIRST if layer.name == "block1_conv1" else _VGG16_SPARSITY
 
 
+def uniform_sparsity_of(sparsity_of: Callable[[object], float],
+                        sparsity: float) -> Callable[[object], float]:
+    """A per-layer profile pruning the layers `sparsity_of` prunes, all to `sparsity`.
+
+    Keeps the profile's choice of layers (e.g. ResNet-50's 3-channel stem and
+    the classifier stay dense) and only replaces its levels, so a uniform run
+    differs from the SkimCaffe-like one in sparsity alone.
+
+    Args:
+        sparsity_of: layer -> sparsity, e.g. `resnet50_sparsity`.
+        sparsity: the fraction of zero weights for every pruned layer, in (0, 1).
+
+    Returns:
+        layer -> `sparsity` where `sparsity_of(layer) > 0`, else 0.0.
+
+    Raises:
+        ValueError: `sparsity` is not in (0, 1).
+
+    Example:
+
+        pruned, _ = prune_like_skimcaffe(model, uniform_sparsity_of(resnet50_sparsity, 0.7))
+    """
+    if not 0.0 < sparsity < 1.0:
+        raise ValueError(f"uniform sparsity must be in (0, 1), got {sparsity!r}")
+    return lambda layer: sparsity if sparsity_of(layer) > 0.0 else 0.0
+
+
 def _resnet50(image_size):
     return tf_keras.applications.ResNet50(weights=None, input_shape=(image_size, image_size, 3),
                                           classifier_activation=None)
@@ -640,9 +670,15 @@ def bench_model(name: str, dense, sparse, batches: Sequence[int], reps: int,
         {kind: (lambda m=m: m.predict(images, batch_size=predict_batch, verbose=0))
          for kind, m in (("dense", dense), ("sparse", sparse))},
         reps=predict_reps, warmup=1)
+    # The minimum, not the median: on the 2-core benchmark machine the same
+    # predict call takes either ~1.5 s or ~2.6 s (ResNet-50, also without
+    # escort_tf), and a median of a few samples picks a mode at random.
     predict = {"images": predict_images, "batch_size": predict_batch, "reps": predict_reps,
-               "dense_ms": predict_times["dense"]["median_ms"],
-               "sparse_ms": predict_times["sparse"]["median_ms"]}
+               "statistic": "min",
+               "dense_ms": predict_times["dense"]["min_ms"],
+               "sparse_ms": predict_times["sparse"]["min_ms"],
+               "dense_median_ms": predict_times["dense"]["median_ms"],
+               "sparse_median_ms": predict_times["sparse"]["median_ms"]}
     predict["speedup"] = predict["dense_ms"] / predict["sparse_ms"]
     progress(f"{name} predict {predict_images} images, batch {predict_batch}: dense "
              f"{predict['dense_ms']:.0f} ms, sparse {predict['sparse_ms']:.0f} ms, "
@@ -651,15 +687,33 @@ def bench_model(name: str, dense, sparse, batches: Sequence[int], reps: int,
 
 
 def prune_and_convert(name: str, image_size: int = 224, min_sparsity: float = 0.5,
-                      autotune: bool = False, progress: Callable[[str], None] = print):
-    """Builds model `name` of `MODELS`, prunes it SkimCaffe-like and converts it.
+                      autotune: bool = False, progress: Callable[[str], None] = print,
+                      uniform_sparsity: Optional[float] = None):
+    """Builds model `name` of `MODELS`, prunes it (SkimCaffe-like or uniformly), converts it.
+
+    Args:
+        name: a key of `MODELS`.
+        image_size: input height and width.
+        min_sparsity: passed to `escort_tf.convert`.
+        autotune: passed to `escort_tf.convert`.
+        progress: called with one line per step.
+        uniform_sparsity: if set, prune every layer the model's profile
+            prunes to this sparsity instead (see `uniform_sparsity_of`).
 
     Returns:
         `(dense, sparse, info)`: the pruned dense tf_keras model, its
         `escort_tf.convert` copy, and a summary dict (sparsities, timings of
-        the steps, which layers were converted).
+        the steps, which layers were converted; with `autotune`, also
+        "conversion": the `ConversionReport` rows as dicts, and
+        "autotune_sparse"/"autotune_dense": how many timed layers it kept
+        sparse/dense).
+
+    Raises:
+        ValueError: `uniform_sparsity` is not in (0, 1).
     """
     build, sparsity_of = MODELS[name]
+    if uniform_sparsity is not None:
+        sparsity_of = uniform_sparsity_of(sparsity_of, uniform_sparsity)
     start = time.perf_counter()
     dense, sparsities = prune_like_skimcaffe(build(image_size), sparsity_of)
     prune_s = time.perf_counter() - start
@@ -669,27 +723,67 @@ def prune_and_convert(name: str, image_size: int = 224, min_sparsity: float = 0.
                                        return_report=True)
     convert_s = time.perf_counter() - start
     converted = [row.name for row in report if row.decision == "sparse"]
-    progress(f"{name}: converted {len(converted)} layers in {convert_s:.1f} s")
     info = {"model": name, "image_size": image_size, "min_sparsity": min_sparsity,
-            "autotune": autotune, "prune_s": prune_s, "convert_s": convert_s,
-            "converted": converted, "layer_sparsity": sparsities,
+            "uniform_sparsity": uniform_sparsity, "autotune": autotune, "prune_s": prune_s,
+            "convert_s": convert_s, "converted": converted, "layer_sparsity": sparsities,
             **_conv_summary(dense, sparsities, converted)}
+    tuned = ""
+    if autotune:
+        # asdict gives plain floats, strings, None and a kernel-shape tuple
+        # (written as a JSON list), so the rows go into the JSON as they are.
+        info["conversion"] = [dataclasses.asdict(row) for row in report]
+        # Only rows with timings were decided by autotune; a candidate whose
+        # timing was skipped or failed keeps its sparsity-based decision.
+        timed = [row for row in report if row.sparse_ms is not None]
+        info["autotune_sparse"] = sum(row.decision == "sparse" for row in timed)
+        info["autotune_dense"] = len(timed) - info["autotune_sparse"]
+        tuned = (f" (autotune kept {info['autotune_sparse']} sparse, "
+                 f"{info['autotune_dense']} dense)")
+    progress(f"{name}: converted {len(converted)} layers in {convert_s:.1f} s{tuned}")
     return dense, sparse, info
 
 
 def bench_models(names: Sequence[str], image_size: int, batches: Sequence[int], reps: int,
                  predict_images: int, predict_batch: int, predict_reps: int,
                  autotune: bool = False, seed: int = 0,
-                 progress: Callable[[str], None] = print) -> Dict[str, object]:
+                 progress: Callable[[str], None] = print,
+                 uniform_sparsity: Optional[float] = None) -> Dict[str, object]:
     """Prunes, converts and times each model in `names` (keys of `MODELS`).
+
+    Args:
+        names: keys of `MODELS`.
+        image_size: input height and width.
+        batches: batch sizes of the model-call timing.
+        reps: timed repetitions of each model call.
+        predict_images, predict_batch, predict_reps: the predict timing.
+        autotune: convert with `autotune=True`.
+        seed: seeds the inputs.
+        progress: called with one line per step and measurement.
+        uniform_sparsity: if set, the pruned layers get this sparsity instead
+            of the SkimCaffe-like profile (see `uniform_sparsity_of`).
 
     Returns:
         {"machine", "settings", "models": [{model info..., "calls", "predict"}]}.
+
+    Raises:
+        ValueError: `uniform_sparsity` is not in (0, 1).
     """
+    if uniform_sparsity is None:
+        profile = {"sparsity_profile": "skimcaffe",
+                   "resnet50_sparsity": {"3x3": _RESNET50_3X3, "1x1": _RESNET50_1X1,
+                                         "conv1": 0.0},
+                   "vgg16_sparsity": {"block1_conv1": _VGG16_FIRST, "other convs":
+                                      _VGG16_SPARSITY, "dense layers": 0.0}}
+    else:
+        profile = {"sparsity_profile": "uniform",
+                   "pruned_layers": "those the SkimCaffe-like profile prunes (ResNet-50: "
+                                    "all convs but conv1; VGG-16: all convs), each to "
+                                    "uniform_sparsity"}
     models = []
     for name in names:
         dense, sparse, info = prune_and_convert(name, image_size, autotune=autotune,
-                                                progress=progress)
+                                                progress=progress,
+                                                uniform_sparsity=uniform_sparsity)
         info.update(bench_model(name, dense, sparse, batches, reps, predict_images,
                                 predict_batch, predict_reps, seed=seed, progress=progress))
         models.append(info)
@@ -699,13 +793,11 @@ def bench_models(names: Sequence[str], image_size: int, batches: Sequence[int], 
         "machine": machine_info(),
         "settings": {"mode": "models", "image_size": image_size, "batches": list(batches),
                      "reps": reps, "predict_reps": predict_reps, "autotune": autotune,
+                     "uniform_sparsity": uniform_sparsity,
                      "dense": "TFMOT-pruned, stripped tf_keras model",
-                     "sparse": "escort_tf.convert(dense, min_sparsity=0.5)",
+                     "sparse": f"escort_tf.convert(dense, min_sparsity=0.5, autotune={autotune})",
                      "speedup": "dense_ms / sparse_ms (median times)",
-                     "resnet50_sparsity": {"3x3": _RESNET50_3X3, "1x1": _RESNET50_1X1,
-                                           "conv1": 0.0},
-                     "vgg16_sparsity": {"block1_conv1": _VGG16_FIRST, "other convs":
-                                        _VGG16_SPARSITY, "dense layers": 0.0}},
+                     **profile},
         "models": models,
     }
 
@@ -713,16 +805,26 @@ def bench_models(names: Sequence[str], image_size: int, batches: Sequence[int], 
 def models_markdown(report: Dict[str, object]) -> str:
     """The model report as a markdown table."""
     machine, settings = report["machine"], report["settings"]
+    # .get: reports written before --sparsity existed have no such key.
+    uniform = settings.get("uniform_sparsity")
+    if uniform is None:
+        profile = (f"SkimCaffe-like per-layer sparsity: ResNet-50 3x3 "
+                   f"{_fmt_levels(_RESNET50_3X3)}, 1x1 {_fmt_levels(_RESNET50_1X1)} "
+                   f"(res2..res5), conv1 dense; VGG-16 convs {_VGG16_SPARSITY:.0%} "
+                   f"(block1_conv1 {_VGG16_FIRST:.0%})")
+    else:
+        profile = (f"a uniform {100 * uniform:g}% sparsity in every layer the SkimCaffe-like "
+                   f"profile prunes: all ResNet-50 convs but conv1 (dense), all 13 VGG-16 convs")
     lines = [
         "# Whole pruned models: dense tf_keras vs escort_tf.convert, CPU",
         "",
         f"{_machine_line(machine)} "
         f"Input {settings['image_size']}x{settings['image_size']}x3, fp32, random weights "
-        f"pruned with TFMOT (magnitude, ConstantSparsity) to SkimCaffe-like per-layer sparsity: "
-        f"ResNet-50 3x3 {_fmt_levels(_RESNET50_3X3)}, 1x1 {_fmt_levels(_RESNET50_1X1)} "
-        f"(res2..res5), conv1 dense; VGG-16 convs {_VGG16_SPARSITY:.0%} "
-        f"(block1_conv1 {_VGG16_FIRST:.0%}). Converted with min_sparsity 0.5, "
-        f"autotune {'on' if settings['autotune'] else 'off'}. Speedup = dense / sparse time.",
+        f"pruned with TFMOT (magnitude, ConstantSparsity) to {profile}. Converted with "
+        f"min_sparsity 0.5, autotune {'on' if settings['autotune'] else 'off'}. "
+        f"Speedup = dense / sparse time: medians for model calls, the minimum of the "
+        f"repetitions for predict (a predict call here is bimodal, ~1.5 or ~2.6 s for "
+        f"ResNet-50 with or without escort_tf).",
         "",
         "| model | conv sparsity | converted layers | what | dense ms | sparse ms | speedup "
         "| outputs match |",
@@ -739,8 +841,16 @@ def models_markdown(report: Dict[str, object]) -> str:
             first = ["", "", ""]
         p = m["predict"]
         lines.append("| " + " | ".join(first + [
-            f"predict, {p['images']} images, batch {p['batch_size']}", f"{p['dense_ms']:.0f}",
+            f"predict, {p['images']} images, batch {p['batch_size']}"
+            + (" (min)" if p.get("statistic") == "min" else ""), f"{p['dense_ms']:.0f}",
             f"{p['sparse_ms']:.0f}", f"**{p['speedup']:.2f}x**", ""]) + " |")
+    tuned = [m for m in report["models"] if "autotune_sparse" in m]
+    if tuned:
+        lines += ["", "Autotune (each candidate layer timed alone, sparse vs dense, at batch 1; "
+                  "the faster kept):", ""]
+        lines += [f"- {m['model']}: autotune kept {m['autotune_sparse']} layers sparse, "
+                  f"{m['autotune_dense']} dense; conversion took {m['convert_s']:.0f} s."
+                  for m in tuned]
     return "\n".join(lines) + "\n"
 
 
@@ -791,6 +901,9 @@ def _parser():
     models.add_argument("--predict-batch", type=int, default=8)
     models.add_argument("--autotune", action="store_true",
                         help="convert with autotune=True (time each layer sparse vs dense)")
+    models.add_argument("--sparsity", type=float, default=None, metavar="X",
+                        help="prune every layer the SkimCaffe-like profile prunes to X, in "
+                             "(0, 1), instead of the profile's per-layer levels")
     out = parser.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="write the full results as JSON")
     out.add_argument("--markdown", metavar="PATH", help="write a markdown report")
@@ -810,6 +923,10 @@ def _write(path: Optional[str], text: str) -> None:
 
 
 def _run_layers(args, batches):
+    if args.sparsity is not None:
+        # Not silently ignored: the run would take minutes and answer another question.
+        raise SystemExit("escort-tf bench: --sparsity applies to model mode (--models); "
+                         "layer mode takes --densities")
     table = load_layer_table(args.layer_table)
     layers = table.LAYERS
     if args.layers:
@@ -846,14 +963,19 @@ def _run_models(args, batches):
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         raise SystemExit(f"escort-tf bench: unknown model(s) {unknown}; choose from {list(MODELS)}")
+    # `not 0 < x < 1` also rejects NaN.
+    if args.sparsity is not None and not 0.0 < args.sparsity < 1.0:
+        raise SystemExit(f"escort-tf bench: --sparsity must be in (0, 1), got {args.sparsity}")
     if os.environ.get("TF_USE_LEGACY_KERAS") not in ("1", "true", "True"):
         raise SystemExit("escort-tf bench --models prunes with TFMOT, which needs tf_keras: "
                          "set TF_USE_LEGACY_KERAS=1 before starting Python")
     reps = args.reps or (2 if args.quick else 3)
     report = bench_models(names, args.image_size, batches, reps,
                           predict_images=args.predict_images or (16 if args.quick else 32),
-                          predict_batch=args.predict_batch, predict_reps=reps,
-                          autotune=args.autotune, seed=args.seed)
+                          predict_batch=args.predict_batch,
+                          predict_reps=args.reps or (3 if args.quick else 5),
+                          autotune=args.autotune, seed=args.seed,
+                          uniform_sparsity=args.sparsity)
     if args.plot:
         print("--plot applies to layer mode only; no plot written", file=sys.stderr)
     return report, models_markdown(report)

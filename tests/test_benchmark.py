@@ -115,6 +115,87 @@ def test_prune_convert_and_bench_model_tiny():
     assert _finite_positive(result["predict"]["speedup"])
 
 
+def test_uniform_sparsity_of_keeps_the_profiles_layers():
+    demo = _load_demo()
+    model = demo.build_cnn(image_size=8)
+    profile = {"conv2": 0.9, "conv3": 0.5}
+    uniform = benchmark.uniform_sparsity_of(lambda layer: profile.get(layer.name, 0.0), 0.7)
+    levels = {layer.name: uniform(layer) for layer in model.layers}
+    assert levels == {"conv1": 0.0, "conv2": 0.7, "pool1": 0.0, "conv3": 0.7, "conv4": 0.0,
+                      "pool2": 0.0, "flatten": 0.0, "logits": 0.0}
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 1.0, -0.1, 1.5, float("nan")])
+def test_uniform_sparsity_of_rejects_out_of_range(sparsity):
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        benchmark.uniform_sparsity_of(benchmark.vgg16_sparsity, sparsity)
+
+
+@pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.2", "nan"])
+def test_bench_cli_rejects_sparsity_outside_0_1(value):
+    with pytest.raises(SystemExit, match=r"--sparsity must be in \(0, 1\)"):
+        benchmark.main(["--models", "--sparsity", value])
+
+
+def test_bench_cli_rejects_sparsity_in_layer_mode():
+    with pytest.raises(SystemExit, match="--sparsity applies to model mode"):
+        benchmark.main(["--sparsity", "0.7"])
+
+
+def test_bench_models_uniform_sparsity_and_autotune_report(monkeypatch):
+    demo = _load_demo()
+    # A tiny stand-in for ResNet-50: the profile prunes conv2..conv4 to
+    # different levels and leaves conv1 (1 input channel) dense.
+    profile = {"conv2": 0.9, "conv3": 0.8, "conv4": 0.6}
+    monkeypatch.setitem(benchmark.MODELS, "tiny", (
+        lambda size: demo.build_cnn(image_size=size),
+        lambda layer: profile.get(layer.name, 0.0)))
+    report = benchmark.bench_models(["tiny"], image_size=8, batches=(1,), reps=1,
+                                    predict_images=4, predict_batch=2, predict_reps=1,
+                                    autotune=True, uniform_sparsity=0.7,
+                                    progress=lambda line: None)
+    settings, (model,) = report["settings"], report["models"]
+    assert settings["uniform_sparsity"] == 0.7 and settings["sparsity_profile"] == "uniform"
+    assert "resnet50_sparsity" not in settings
+    assert model["uniform_sparsity"] == 0.7
+    assert model["layer_sparsity"] == pytest.approx({n: 0.7 for n in profile}, abs=1e-3)
+    assert all(c["match"] for c in model["calls"])
+
+    rows = {row["name"]: row for row in model["conversion"]}
+    assert set(rows) == {"conv1", "conv2", "conv3", "conv4", "logits"}
+    assert rows["conv1"]["decision"] == "dense" and rows["conv1"]["sparse_ms"] is None
+    for name in profile:  # every pruned layer is a candidate and gets timed both ways
+        assert _finite_positive(rows[name]["sparse_ms"])
+        assert _finite_positive(rows[name]["dense_ms"])
+        assert rows[name]["decision"] == (
+            "sparse" if rows[name]["sparse_ms"] <= rows[name]["dense_ms"] else "dense")
+    assert model["autotune_sparse"] + model["autotune_dense"] == 3
+    assert model["autotune_sparse"] == model["converted_layers"]
+    json.loads(json.dumps(report))  # the rows are JSON-serialisable
+
+    markdown = benchmark.models_markdown(report)
+    assert "a uniform 70% sparsity" in markdown and "SkimCaffe-like per-layer" not in markdown
+    assert (f"tiny: autotune kept {model['autotune_sparse']} layers sparse, "
+            f"{model['autotune_dense']} dense") in markdown
+
+
+def test_models_markdown_names_the_skimcaffe_profile_by_default():
+    machine = {"cpu_model": "cpu", "usable_cores": 2, "tensorflow": "x", "escort_tf": "y",
+               "date_utc": "z"}
+    calls = [{"batch": 1, "dense_ms": 2.0, "sparse_ms": 1.0, "speedup": 2.0, "match": True,
+              "max_abs_err": 0.0}]
+    model = {"model": "m", "conv_weight_sparsity": 0.9, "converted_layers": 1,
+             "conv_layers": 1, "calls": calls,
+             "predict": {"images": 4, "batch_size": 2, "dense_ms": 4.0, "sparse_ms": 2.0,
+                         "speedup": 2.0}}
+    # No "uniform_sparsity" key: a report written before --sparsity existed.
+    report = {"machine": machine, "settings": {"image_size": 8, "autotune": False},
+              "models": [model]}
+    markdown = benchmark.models_markdown(report)
+    assert "SkimCaffe-like per-layer sparsity" in markdown
+    assert "uniform" not in markdown and "autotune kept" not in markdown
+
+
 def test_demo_building_blocks(tmp_path):
     demo = _load_demo()
     x_train, x_test, y_train, y_test = demo.load_digits_images()
