@@ -679,16 +679,21 @@ bool ConfigValid(const ConvGeometry& g, const CsrConvGpuConfig& c,
   return MakeLayout(g, c, nnz).smem_bytes <= kMaxSmemBytes;
 }
 
+cudaError_t CurrentDeviceAttribute(cudaDeviceAttr attribute, int* value) {
+  int device = 0;
+  const cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  return cudaDeviceGetAttribute(value, attribute, device);
+}
+
 // Whether the current device runs clusters and the kernel image loaded for
 // it was compiled with them: a PTX-only build for an older architecture
 // JIT-compiled on sm_90 would drop the cluster reduction (see TileValue).
 template <typename Kernel>
 cudaError_t CheckClusterSupport(Kernel kernel) {
-  int device = 0, major = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor,
-                               device);
+  int major = 0;
+  cudaError_t err =
+      CurrentDeviceAttribute(cudaDevAttrComputeCapabilityMajor, &major);
   if (err != cudaSuccess) return err;
   cudaFuncAttributes attributes;
   err = cudaFuncGetAttributes(&attributes, kernel);
@@ -981,11 +986,9 @@ cudaError_t CsrConv2DGpu(const ConvGeometry& geometry, const float* input,
       geometry.K == 0) {
     return cudaSuccess;
   }
-  int device = 0, num_sms = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount,
-                               device);
+  int num_sms = 0;
+  const cudaError_t err =
+      CurrentDeviceAttribute(cudaDevAttrMultiProcessorCount, &num_sms);
   if (err != cudaSuccess) return err;
   // Any instance tells whether this build's kernels can run clusters here.
   const bool clusters = CheckClusterSupport(CsrConvKernel<4, 1, 1>) == cudaSuccess;
