@@ -1,6 +1,6 @@
 """The `escort-tf` command line: `convert` a saved model, or run the `bench`marks.
 
-    escort-tf convert SRC DST [--min-sparsity X] [--autotune] [--overwrite]
+    escort-tf convert SRC DST [--min-sparsity X] [--autotune [--autotune-batch-size N]] [--overwrite]
     escort-tf bench [benchmark arguments...]
     python -m escort_tf ...   # the same
 
@@ -48,6 +48,9 @@ def _parser():
                               "zeros (default: %(default)s)")
     convert.add_argument("--autotune", action="store_true",
                          help="time each candidate layer sparse vs dense here; keep the faster")
+    convert.add_argument("--autotune-batch-size", type=int, default=1, metavar="N",
+                         help="batch size autotune times each layer at: the one you will "
+                              "serve with (default: %(default)s)")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing DST")
     # Listed for --help only: main() hands everything after "bench" to the benchmark.
     commands.add_parser("bench", add_help=False,
@@ -125,10 +128,14 @@ def save_atomically(model, dst, overwrite=False):
 def _convert(args):
     if not 0.0 <= args.min_sparsity <= 1.0:
         raise CliError(f"--min-sparsity must be in [0, 1], got {args.min_sparsity}.")
+    if args.autotune_batch_size < 1:
+        raise CliError(f"--autotune-batch-size must be positive, got {args.autotune_batch_size}.")
     _check_paths(args.src, args.dst, args.overwrite)
     model = _load(args.src)
     converted, report = escort_tf.convert(model, min_sparsity=args.min_sparsity,
-                                          autotune=args.autotune, return_report=True)
+                                          autotune=args.autotune,
+                                          autotune_batch_size=args.autotune_batch_size,
+                                          return_report=True)
     print(report)
     save_atomically(converted, args.dst, overwrite=args.overwrite)
     sparse = sum(row.decision == "sparse" for row in report)

@@ -11,6 +11,7 @@ import pytest
 import tf_keras
 
 import pruned_models
+import escort_tf
 from escort_tf import cli
 from escort_tf.layers import SparseConv2D
 
@@ -126,6 +127,8 @@ def test_failed_rename_puts_the_previous_dst_back(tmp_path, monkeypatch):
     pytest.param(["model.h5", "out.keras"], "DST is a SavedModel directory", id="dst_keras_file"),
     pytest.param(["model.h5", "out", "--min-sparsity", "2"], "--min-sparsity must be in",
                  id="bad_min_sparsity"),
+    pytest.param(["model.h5", "out", "--autotune", "--autotune-batch-size", "0"],
+                 "--autotune-batch-size must be positive", id="bad_autotune_batch"),
     pytest.param(["notes.txt", "out"], "can't load a tf_keras model", id="not_a_model"),
 ])
 def test_errors_name_the_problem(tmp_path, monkeypatch, capsys, model_and_input, args, message):
@@ -147,6 +150,22 @@ def test_autotune_prints_both_timings(tmp_path, capsys, model_and_input):
     for row in rows:
         sparse_ms, dense_ms = (float(v) for v in row.split()[5:7])
         assert sparse_ms > 0 and dense_ms > 0 and "autotune" in row
+
+
+def test_autotune_batch_size_reaches_convert(tmp_path, monkeypatch, model_and_input):
+    src = tmp_path / "model.h5"
+    model_and_input[0].save(str(src))
+    seen = {}
+    real_convert = escort_tf.convert
+
+    def spy(model, **kwargs):
+        seen.update(kwargs)
+        return real_convert(model, **kwargs)
+
+    monkeypatch.setattr(escort_tf, "convert", spy)
+    assert cli.main(["convert", str(src), str(tmp_path / "out"), "--autotune",
+                     "--autotune-batch-size", "4"]) == 0
+    assert seen["autotune"] is True and seen["autotune_batch_size"] == 4
 
 
 def test_bench_hands_its_arguments_to_the_benchmark(monkeypatch):
