@@ -31,10 +31,15 @@ def int_pair(value: IntOrPair, name: str) -> list:
     return pair
 
 
+def _spatial_axes(data_format: str):
+    """Positions of height and width in a 4-entry per-dimension argument."""
+    return (1, 2) if data_format == "NHWC" else (2, 3)
+
+
 def _spatial_pair(value, name: str, data_format: str):
     """Accepts tf.nn.conv2d's 4-element form too (1 at batch and channels)."""
     if not isinstance(value, (int, str)) and hasattr(value, "__len__") and len(value) == 4:
-        h, w = (1, 2) if data_format == "NHWC" else (2, 3)
+        h, w = _spatial_axes(data_format)
         others = [v for i, v in enumerate(value) if i not in (h, w)]
         if any(isinstance(v, bool) or v != 1 for v in others):
             raise ValueError(f"{name} of 4 entries must be 1 at the batch and channel "
@@ -58,7 +63,7 @@ def _padding(padding, data_format: str):
     except (TypeError, ValueError):
         raise ValueError(f"{_PADDING_FORMS}, got {padding!r}") from None
     if len(pairs) == 4:
-        h, w = (1, 2) if data_format == "NHWC" else (2, 3)
+        h, w = _spatial_axes(data_format)
         if any(pairs[i] != [0, 0] for i in range(4) if i not in (h, w)):
             raise ValueError(f"{_PADDING_FORMS}, got {padding!r}")
         pairs = [pairs[h], pairs[w]]

@@ -471,8 +471,7 @@ void DirectRows(const ConvGeometry& g, const float* input,
                          : 0.0f);
         }
         if (bias != nullptr) sum += bias[k];
-        if (activation != Activation::kNone) sum = std::max(sum, 0.0f);
-        if (activation == Activation::kRelu6) sum = std::min(sum, 6.0f);
+        sum = Activate(sum, activation);
         output[nhwc ? ((n * g.P + p) * g.Q + q) * g.K + k
                     : ((n * g.K + k) * g.P + p) * g.Q + q] = sum;
       }
