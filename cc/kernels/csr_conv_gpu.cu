@@ -39,6 +39,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -689,17 +690,34 @@ cudaError_t CurrentDeviceAttribute(cudaDeviceAttr attribute, int* value) {
 // Whether the current device runs clusters and the kernel image loaded for
 // it was compiled with them: a PTX-only build for an older architecture
 // JIT-compiled on sm_90 would drop the cluster reduction (see TileValue).
-template <typename Kernel>
-cudaError_t CheckClusterSupport(Kernel kernel) {
+// Every instance comes from the same module, so one stands for all. The
+// answer is cached per device: the launcher asks on every call.
+cudaError_t CheckClusterSupport() {
+  constexpr int kCachedDevices = 64;
+  enum : int { kUnknown = 0, kSupported = 1, kUnsupported = 2 };
+  static std::atomic<int> cache[kCachedDevices] = {};
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  const bool cacheable = device >= 0 && device < kCachedDevices;
+  const int known = cacheable ? cache[device].load(std::memory_order_relaxed)
+                              : kUnknown;
+  if (known != kUnknown) {
+    return known == kSupported ? cudaSuccess : cudaErrorInvalidValue;
+  }
   int major = 0;
-  cudaError_t err =
-      CurrentDeviceAttribute(cudaDevAttrComputeCapabilityMajor, &major);
+  err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor,
+                               device);
   if (err != cudaSuccess) return err;
   cudaFuncAttributes attributes;
-  err = cudaFuncGetAttributes(&attributes, kernel);
+  err = cudaFuncGetAttributes(&attributes, CsrConvKernel<4, 1, 1>);
   if (err != cudaSuccess) return err;
-  return major >= 9 && attributes.ptxVersion >= 90 ? cudaSuccess
-                                                   : cudaErrorInvalidValue;
+  const bool supported = major >= 9 && attributes.ptxVersion >= 90;
+  if (cacheable) {
+    cache[device].store(supported ? kSupported : kUnsupported,
+                        std::memory_order_relaxed);
+  }
+  return supported ? cudaSuccess : cudaErrorInvalidValue;
 }
 
 template <int PT, int KW, int PC>
@@ -716,7 +734,7 @@ cudaError_t LaunchOn(const Params& p, int blocks, int threads, int smem,
     CsrConvKernel<PT, KW, PC><<<blocks, threads, smem, stream>>>(p);
     return cudaGetLastError();
   }
-  err = CheckClusterSupport(CsrConvKernel<PT, KW, PC>);
+  err = CheckClusterSupport();
   if (err != cudaSuccess) return err;
   cudaLaunchAttribute cluster;
   cluster.id = cudaLaunchAttributeClusterDimension;
@@ -990,8 +1008,7 @@ cudaError_t CsrConv2DGpu(const ConvGeometry& geometry, const float* input,
   const cudaError_t err =
       CurrentDeviceAttribute(cudaDevAttrMultiProcessorCount, &num_sms);
   if (err != cudaSuccess) return err;
-  // Any instance tells whether this build's kernels can run clusters here.
-  const bool clusters = CheckClusterSupport(CsrConvKernel<4, 1, 1>) == cudaSuccess;
+  const bool clusters = CheckClusterSupport() == cudaSuccess;
   const CsrConvGpuConfig config =
       ChooseCsrConvGpuConfig(geometry, nnz, num_sms, clusters);
   return CsrConv2DGpuWithConfig(geometry, input, row_offsets, column_indices,
