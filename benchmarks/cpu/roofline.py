@@ -4,8 +4,9 @@
 
 The broadcast-FMA kernel moves, per nonzero and register block, 8 vectors of
 band data from L2 into L1; `load_ceiling.cc` times exactly that loop on the
-machine (about 43 useful GFLOPS per core from L2 on the 2-core EPYC of the
-committed results). A layer's floor is its useful (nonzero-weight) flops at
+machine (`benchmarks/results/cpu_load_ceiling.txt`: 34-48 useful GFLOPS per
+core from a 160 KB buffer, 32-36 from 800 KB; the ~320 KB band buffer lies
+between, hence the default of 43). A layer's floor is its useful (nonzero-weight) flops at
 that rate on every core; dense time over the floor is the largest speedup
 the design can show there. Prints a markdown table for the SkimCaffe
 densities.
