@@ -765,11 +765,11 @@ cudaError_t LaunchOn(const Params& p, int blocks, int threads, int smem,
 // instructions per entry, issued instructions per cycle, and the latency
 // of one chunk for one warp (sets the floor when the grid is small).
 constexpr double kCostModel[6] = {86.0, 5.94, 16.8, 1.1, 3.99, 247.2};
-// Fixed cost of a split, in cycles: measured on the H100, splitting a batch-1
-// tile two ways added 7-16 us whatever the chunk count (split sweeps of the
-// ten benchmark layers, benchmarks/gpu/NOTES.md): cluster scheduling, the
-// two cluster barriers, and row scans every rank repeats. With this value
-// the model splits only where the sweeps measured a gain.
+// Fixed cost of a split, in cycles: on the H100, splitting a batch-1 tile
+// two ways added 7-16 us on nine of the ten benchmark layers and 2 us on
+// the smallest (benchmarks/results/gpu_split_sweep.json), with or without
+// the row preload (benchmarks/gpu/NOTES.md). With this value the model
+// splits only where the sweeps measured a gain.
 constexpr double kSplitCycles = 14000.0;
 
 double EstimateCost(const ConvGeometry& g, double density, int64_t nnz,
