@@ -282,6 +282,13 @@ void PrepareOffsets(const Plan& plan, int64_t block, int64_t K) {
   state.store(kReady, std::memory_order_release);
 }
 
+// Zeroes the kTransposeOverhang floats at `span`. Like the transpose's
+// overhang, the part past a row's end lands in a row written after it or in
+// the channel's gap.
+void ZeroOverhangSpan(float* span) {
+  std::memset(span, 0, kTransposeOverhang * sizeof(float));
+}
+
 // Fills the band buffer of image n, band starting at output row p0: every
 // float of every plane, data or zero padding.
 void FillBand(const ConvGeometry& g, const Plan& plan, const float* input,
@@ -308,13 +315,32 @@ void FillBand(const ConvGeometry& g, const Plan& plan, const float* input,
                        ? (g.W - 1 - first_w) / g.stride_w + 1
                        : 0,
                    plan.row_pitch));
+      // The usual padding is a column or two per side: then one fixed-size
+      // zero store per side and channel, which compiles to two vector
+      // stores, instead of two calls to memset per row and channel (which
+      // cost as much as the transpose on small images). The left store runs
+      // before the data is written over its tail, the right one after the
+      // transpose's overhang, which it covers.
+      const bool short_pads = x_begin <= kTransposeOverhang &&
+                              plan.row_pitch - x_end <= kTransposeOverhang;
       for (int64_t y = 0; y < plan.buffer_rows; ++y) {
         float* row = buffer + (a * num_column_phases + b) * plan.plane +
                      y * plan.row_pitch;
         const int64_t h =
             (p0 + y) * g.stride_h + plan.row_phases[a] - g.pad_top;
-        const bool inside = h >= 0 && h < g.H && x_begin < x_end;
-        if (inside && nhwc) {
+        if (h < 0 || h >= g.H || x_begin >= x_end) {
+          for (int64_t c = 0; c < g.C; ++c) {
+            float* dst = row + c * channel_stride;
+            std::fill(dst, dst + plan.row_pitch, 0.0f);
+          }
+          continue;
+        }
+        if (short_pads && x_begin > 0) {
+          for (int64_t c = 0; c < g.C; ++c) {
+            ZeroOverhangSpan(row + c * channel_stride);
+          }
+        }
+        if (nhwc) {
           // Pixels x_begin.. of this phase are stride_w * C floats apart.
           const float* src =
               input + ((n * g.H + h) * g.W + x_begin * g.stride_w + first_w) *
@@ -325,17 +351,17 @@ void FillBand(const ConvGeometry& g, const Plan& plan, const float* input,
         }
         for (int64_t c = 0; c < g.C; ++c) {
           float* dst = row + c * channel_stride;
-          if (!inside) {
-            std::fill(dst, dst + plan.row_pitch, 0.0f);
-            continue;
-          }
-          std::fill(dst, dst + x_begin, 0.0f);
-          std::fill(dst + x_end, dst + plan.row_pitch, 0.0f);
           if (!nhwc) {
             const float* src = input + ((n * g.C + c) * g.H + h) * g.W;
             for (int64_t x = x_begin; x < x_end; ++x) {
               dst[x] = src[x * g.stride_w + first_w];
             }
+          }
+          if (!short_pads) {
+            std::fill(dst, dst + x_begin, 0.0f);
+            std::fill(dst + x_end, dst + plan.row_pitch, 0.0f);
+          } else if (x_end < plan.row_pitch) {
+            ZeroOverhangSpan(dst + x_end);
           }
         }
       }
