@@ -113,6 +113,9 @@ def test_prune_convert_and_bench_model_tiny():
     assert [c["batch"] for c in result["calls"]] == [1, 3]
     assert all(c["match"] and _finite_positive(c["speedup"]) for c in result["calls"])
     assert _finite_positive(result["predict"]["speedup"])
+    assert _finite_positive(result["predict"]["dataset_speedup"])
+    assert result["predict"]["dataset_speedup"] == pytest.approx(
+        result["predict"]["dataset_dense_ms"] / result["predict"]["dataset_sparse_ms"])
 
 
 def test_uniform_sparsity_of_keeps_the_profiles_layers():
@@ -194,6 +197,12 @@ def test_models_markdown_names_the_skimcaffe_profile_by_default():
     markdown = benchmark.models_markdown(report)
     assert "SkimCaffe-like per-layer sparsity" in markdown
     assert "uniform" not in markdown and "autotune kept" not in markdown
+    assert "as a dataset without autotuning (median)" not in markdown  # no such row yet
+
+    model["predict"].update(dataset_dense_ms=3.0, dataset_sparse_ms=1.0, dataset_speedup=3.0)
+    markdown = benchmark.models_markdown(report)
+    assert ("| predict, same images as a dataset without autotuning (median) | 3 | 1 "
+            "| **3.00x** |") in markdown
 
 
 def test_demo_building_blocks(tmp_path):
