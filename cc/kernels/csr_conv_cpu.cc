@@ -50,11 +50,17 @@ namespace {
 constexpr int kScalarLanes = 4;
 constexpr int kScalarMaxVectors = 8;
 
+float Activate(float value, Activation activation) {
+  if (activation != Activation::kNone) value = std::max(value, 0.0f);
+  if (activation == Activation::kRelu6) value = std::min(value, 6.0f);
+  return value;
+}
+
 template <int U>
 void ScalarBlock(const float* line, const std::ptrdiff_t* offsets,
                  const float* values, const int32_t* row_offsets,
-                 int64_t k_begin, int64_t k_end, float* tile,
-                 int64_t tile_pitch) {
+                 const float* bias, Activation activation, int64_t k_begin,
+                 int64_t k_end, float* tile, int64_t tile_pitch) {
   constexpr int kWidth = U * kScalarLanes;
   for (int64_t k = k_begin; k < k_end; ++k) {
     float acc[kWidth] = {};
@@ -63,21 +69,25 @@ void ScalarBlock(const float* line, const std::ptrdiff_t* offsets,
       const float* source = line + offsets[i];
       for (int m = 0; m < kWidth; ++m) acc[m] += weight * source[m];
     }
-    std::memcpy(tile + (k - k_begin) * tile_pitch, acc, sizeof(acc));
+    const float b = bias != nullptr ? bias[k] : 0.0f;
+    float* out = tile + (k - k_begin) * tile_pitch;
+    for (int m = 0; m < kWidth; ++m) out[m] = Activate(acc[m] + b, activation);
   }
 }
 
 void ScalarChunk(const float* line, const std::ptrdiff_t* offsets,
                  const float* values, const int32_t* row_offsets,
-                 int64_t k_begin, int64_t k_end, int num_vectors, float* tile,
+                 const float* bias, Activation activation, int64_t k_begin,
+                 int64_t k_end, int num_vectors, float* tile,
                  int64_t tile_pitch) {
   using BlockFn = void (*)(const float*, const std::ptrdiff_t*, const float*,
-                           const int32_t*, int64_t, int64_t, float*, int64_t);
+                           const int32_t*, const float*, Activation, int64_t,
+                           int64_t, float*, int64_t);
   static constexpr BlockFn kTable[kScalarMaxVectors] = {
       &ScalarBlock<1>, &ScalarBlock<2>, &ScalarBlock<3>, &ScalarBlock<4>,
       &ScalarBlock<5>, &ScalarBlock<6>, &ScalarBlock<7>, &ScalarBlock<8>};
-  kTable[num_vectors - 1](line, offsets, values, row_offsets, k_begin, k_end,
-                          tile, tile_pitch);
+  kTable[num_vectors - 1](line, offsets, values, row_offsets, bias,
+                          activation, k_begin, k_end, tile, tile_pitch);
 }
 
 void ScalarTranspose(const float* src, int64_t src_stride, float* dst,
@@ -369,26 +379,12 @@ void FillBand(const ConvGeometry& g, const Plan& plan, const float* input,
   }
 }
 
-float Activate(float value, Activation activation) {
-  if (activation != Activation::kNone) value = std::max(value, 0.0f);
-  if (activation == Activation::kRelu6) value = std::min(value, 6.0f);
-  return value;
-}
-
-// Adds bias and activation to tile columns [0, m_end - m_begin) (line
+// Stores the output pixels among tile columns [0, m_end - m_begin) (line
 // positions [m_begin, m_end) of the band starting at output row p0) for
-// channels [k_begin, k_end), then stores those that are output pixels.
-void StoreTile(const ConvGeometry& g, const Plan& plan, float* tile,
+// channels [k_begin, k_end).
+void StoreTile(const ConvGeometry& g, const Plan& plan, const float* tile,
                int64_t tile_pitch, int64_t n, int64_t p0, int64_t m_begin,
-               int64_t m_end, int64_t k_begin, int64_t k_end,
-               const float* bias, Activation activation, float* output) {
-  for (int64_t k = k_begin; k < k_end; ++k) {
-    float* row = tile + (k - k_begin) * tile_pitch;
-    const float b = bias != nullptr ? bias[k] : 0.0f;
-    for (int64_t i = 0; i < m_end - m_begin; ++i) {
-      row[i] = Activate(row[i] + b, activation);
-    }
-  }
+               int64_t m_end, int64_t k_begin, int64_t k_end, float* output) {
   const bool nhwc = g.data_format == DataFormat::kNHWC;
   for (int64_t pl = m_begin / plan.row_pitch; pl * plan.row_pitch < m_end;
        ++pl) {
@@ -460,11 +456,11 @@ void RunUnits(const ConvGeometry& g, const Plan& plan, const float* input,
       for (int64_t k = k_begin; k < k_end; k += kTileChannels) {
         const int64_t k_stop = std::min(k_end, k + kTileChannels);
         plan.kernel.chunk(buffer.get() + m_begin, plan.offsets.get(), values,
-                        row_offsets, k, k_stop,
-                        static_cast<int>(v_end - v_begin), tile.get(),
-                        tile_pitch);
+                          row_offsets, bias, activation, k, k_stop,
+                          static_cast<int>(v_end - v_begin), tile.get(),
+                          tile_pitch);
         StoreTile(g, plan, tile.get(), tile_pitch, n, p0, m_begin, m_end, k,
-                  k_stop, bias, activation, output);
+                  k_stop, output);
       }
     }
   }

@@ -6,19 +6,24 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "cc/kernels/csr_conv.h"
+
 namespace escort {
 namespace internal {
 
 // Computes, for output channels k in [k_begin, k_end), `num_vectors` vectors
 // of consecutive output positions of a band ("lines", see csr_conv_cpu.cc):
-//   tile[(k - k_begin) * tile_pitch + m] =
+//   tile[(k - k_begin) * tile_pitch + m] = activation(
 //       sum over i in [row_offsets[k], row_offsets[k + 1]) ascending of
-//       values[i] * line[offsets[i] + m],          m < num_vectors * lanes,
-// accumulated from 0 with one rounding per term (FMA where the ISA has it),
-// the same chain for every m so no result depends on m's place in a vector.
+//       values[i] * line[offsets[i] + m]  +  bias[k] (if bias is not null)),
+// m < num_vectors * lanes, the sum accumulated from 0 with one rounding per
+// term (FMA where the ISA has it), the same chain for every m so no result
+// depends on m's place in a vector. Bias and activation are applied while
+// the sums are still in registers, which saves a pass over the tile.
 // `line` must be readable at every line[offsets[i] + m] so formed.
 using ChunkFn = void (*)(const float* line, const std::ptrdiff_t* offsets,
                          const float* values, const int32_t* row_offsets,
+                         const float* bias, Activation activation,
                          int64_t k_begin, int64_t k_end, int num_vectors,
                          float* tile, int64_t tile_pitch);
 

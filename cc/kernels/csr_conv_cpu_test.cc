@@ -33,6 +33,9 @@ struct Case {
   double density;
   bool bias;
   Activation activation;
+  // Every 7th input element NaN: the NaNs must reach exactly the outputs
+  // the reference gives NaN, through bias and activation alike.
+  bool nan_inputs = false;
 };
 
 struct Csr {
@@ -137,6 +140,9 @@ bool RunCase(std::mt19937& rng, const Case& c) {
   std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
   std::vector<float> input(g.InputSize());
   for (float& x : input) x = uniform(rng);
+  if (c.nan_inputs) {
+    for (size_t i = 0; i < input.size(); i += 7) input[i] = std::nanf("");
+  }
   std::vector<float> bias(g.K);
   // Large enough that relu6 clips some outputs at both ends.
   for (float& b : bias) b = 4.0f * uniform(rng);
@@ -166,7 +172,8 @@ bool RunCase(std::mt19937& rng, const Case& c) {
                                   ParallelFor());
     bool ok = true;
     for (int64_t i = 0; i < g.OutputSize() && ok; ++i) {
-      if (!(std::fabs(serial[i] - expected[i]) <= tolerance)) {
+      const bool both_nan = std::isnan(serial[i]) && std::isnan(expected[i]);
+      if (!both_nan && !(std::fabs(serial[i] - expected[i]) <= tolerance)) {
         Fail(name + " differs from the reference at " + std::to_string(i) +
                  ": " + std::to_string(serial[i]) + " vs " +
                  std::to_string(expected[i]),
@@ -299,6 +306,13 @@ void RunEdgeCases(std::mt19937& rng) {
     c.attrs.dilation_h = 10000000;
     c.attrs.dilation_w = 2;
     c.activation = Activation::kRelu;
+    cases.push_back(c);
+  }
+  for (Activation activation :
+       {Activation::kNone, Activation::kRelu, Activation::kRelu6}) {
+    Case c = Basic(2, 9, 13, 12, 20, 3, 3, Padding::kSame, 0.3);
+    c.activation = activation;
+    c.nan_inputs = true;
     cases.push_back(c);
   }
   for (Case c : cases) {

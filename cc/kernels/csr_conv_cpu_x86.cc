@@ -23,8 +23,9 @@ namespace {
 template <std::size_t... U>
 __attribute__((target("avx2,fma"))) void Avx2Block(
     std::index_sequence<U...>, const float* line, const std::ptrdiff_t* offsets,
-    const float* values, const int32_t* row_offsets, int64_t k_begin,
-    int64_t k_end, float* tile, int64_t tile_pitch) {
+    const float* values, const int32_t* row_offsets, const float* bias,
+    Activation activation, int64_t k_begin, int64_t k_end, float* tile,
+    int64_t tile_pitch) {
   for (int64_t k = k_begin; k < k_end; ++k) {
     __m256 acc[sizeof...(U)];
     ((acc[U] = _mm256_setzero_ps()), ...);
@@ -35,6 +36,20 @@ __attribute__((target("avx2,fma"))) void Avx2Block(
                                  acc[U])),
        ...);
     }
+    if (bias != nullptr) {
+      const __m256 b = _mm256_set1_ps(bias[k]);
+      ((acc[U] = _mm256_add_ps(acc[U], b)), ...);
+    }
+    // max(0, x) and min(6, x) return x when x is NaN, as std::max(x, 0)
+    // and std::min(x, 6) do (the reference and the scalar path).
+    if (activation != Activation::kNone) {
+      const __m256 zero = _mm256_setzero_ps();
+      ((acc[U] = _mm256_max_ps(zero, acc[U])), ...);
+    }
+    if (activation == Activation::kRelu6) {
+      const __m256 six = _mm256_set1_ps(6.0f);
+      ((acc[U] = _mm256_min_ps(six, acc[U])), ...);
+    }
     float* out = tile + (k - k_begin) * tile_pitch;
     (_mm256_storeu_ps(out + 8 * U, acc[U]), ...);
   }
@@ -43,8 +58,9 @@ __attribute__((target("avx2,fma"))) void Avx2Block(
 template <std::size_t... U>
 __attribute__((target("avx512f"))) void Avx512Block(
     std::index_sequence<U...>, const float* line, const std::ptrdiff_t* offsets,
-    const float* values, const int32_t* row_offsets, int64_t k_begin,
-    int64_t k_end, float* tile, int64_t tile_pitch) {
+    const float* values, const int32_t* row_offsets, const float* bias,
+    Activation activation, int64_t k_begin, int64_t k_end, float* tile,
+    int64_t tile_pitch) {
   for (int64_t k = k_begin; k < k_end; ++k) {
     __m512 acc[sizeof...(U)];
     ((acc[U] = _mm512_setzero_ps()), ...);
@@ -54,6 +70,22 @@ __attribute__((target("avx512f"))) void Avx512Block(
       ((acc[U] = _mm512_fmadd_ps(weight, _mm512_loadu_ps(source + 16 * U),
                                  acc[U])),
        ...);
+    }
+    if (bias != nullptr) {
+      const __m512 b = _mm512_set1_ps(bias[k]);
+      ((acc[U] = _mm512_add_ps(acc[U], b)), ...);
+    }
+    // NaN handling as in Avx2Block. The masked forms with every lane set:
+    // GCC's plain _mm512_max_ps and _mm512_min_ps pass an undefined vector
+    // that -Wall flags.
+    constexpr __mmask16 kAll = 0xFFFF;
+    if (activation != Activation::kNone) {
+      const __m512 zero = _mm512_setzero_ps();
+      ((acc[U] = _mm512_mask_max_ps(zero, kAll, zero, acc[U])), ...);
+    }
+    if (activation == Activation::kRelu6) {
+      const __m512 six = _mm512_set1_ps(6.0f);
+      ((acc[U] = _mm512_mask_min_ps(six, kAll, six, acc[U])), ...);
     }
     float* out = tile + (k - k_begin) * tile_pitch;
     (_mm512_storeu_ps(out + 16 * U, acc[U]), ...);
@@ -68,24 +100,26 @@ constexpr int kAvx2MaxVectors = 12;
 constexpr int kAvx512MaxVectors = 24;
 
 using BlockFn = void (*)(const float*, const std::ptrdiff_t*, const float*,
-                         const int32_t*, int64_t, int64_t, float*, int64_t);
+                         const int32_t*, const float*, Activation, int64_t,
+                         int64_t, float*, int64_t);
 
 template <std::size_t N>
 void Avx2BlockOf(const float* line, const std::ptrdiff_t* offsets,
                  const float* values, const int32_t* row_offsets,
-                 int64_t k_begin, int64_t k_end, float* tile,
-                 int64_t tile_pitch) {
+                 const float* bias, Activation activation, int64_t k_begin,
+                 int64_t k_end, float* tile, int64_t tile_pitch) {
   Avx2Block(std::make_index_sequence<N>(), line, offsets, values, row_offsets,
-            k_begin, k_end, tile, tile_pitch);
+            bias, activation, k_begin, k_end, tile, tile_pitch);
 }
 
 template <std::size_t N>
 void Avx512BlockOf(const float* line, const std::ptrdiff_t* offsets,
                    const float* values, const int32_t* row_offsets,
-                   int64_t k_begin, int64_t k_end, float* tile,
-                   int64_t tile_pitch) {
+                   const float* bias, Activation activation, int64_t k_begin,
+                   int64_t k_end, float* tile, int64_t tile_pitch) {
   Avx512Block(std::make_index_sequence<N>(), line, offsets, values,
-              row_offsets, k_begin, k_end, tile, tile_pitch);
+              row_offsets, bias, activation, k_begin, k_end, tile,
+              tile_pitch);
 }
 
 // Tables indexed by num_vectors - 1.
@@ -102,22 +136,24 @@ constexpr std::array<BlockFn, sizeof...(N)> Avx512Table(
 
 void Avx2Chunk(const float* line, const std::ptrdiff_t* offsets,
                const float* values, const int32_t* row_offsets,
-               int64_t k_begin, int64_t k_end, int num_vectors, float* tile,
+               const float* bias, Activation activation, int64_t k_begin,
+               int64_t k_end, int num_vectors, float* tile,
                int64_t tile_pitch) {
   static constexpr auto kTable =
       Avx2Table(std::make_index_sequence<kAvx2MaxVectors>());
-  kTable[num_vectors - 1](line, offsets, values, row_offsets, k_begin, k_end,
-                          tile, tile_pitch);
+  kTable[num_vectors - 1](line, offsets, values, row_offsets, bias,
+                          activation, k_begin, k_end, tile, tile_pitch);
 }
 
 void Avx512Chunk(const float* line, const std::ptrdiff_t* offsets,
                  const float* values, const int32_t* row_offsets,
-                 int64_t k_begin, int64_t k_end, int num_vectors, float* tile,
+                 const float* bias, Activation activation, int64_t k_begin,
+                 int64_t k_end, int num_vectors, float* tile,
                  int64_t tile_pitch) {
   static constexpr auto kTable =
       Avx512Table(std::make_index_sequence<kAvx512MaxVectors>());
-  kTable[num_vectors - 1](line, offsets, values, row_offsets, k_begin, k_end,
-                          tile, tile_pitch);
+  kTable[num_vectors - 1](line, offsets, values, row_offsets, bias,
+                          activation, k_begin, k_end, tile, tile_pitch);
 }
 
 // Transposes the 8x8 block a[0..7] in registers (unpack, shuffle, lane
