@@ -26,6 +26,7 @@ The functions the modes are built from (`bench_layers`, `bench_models`,
 import argparse
 import dataclasses
 import datetime
+import gc
 import importlib.util
 import json
 import math
@@ -93,11 +94,20 @@ def _sample_s(fn: Callable[[], object], inner: int) -> float:
 
     TF's default eager executor is synchronous on CPU: a call returns with its
     result computed. (`.numpy()` would add a copy of the output to each sample.)
+    Python's garbage collector is off meanwhile, as in `timeit`: a collection
+    that a `tf.function` call's garbage triggers would be charged to whichever
+    variant happened to cross the threshold.
     """
-    start = time.perf_counter()
-    for _ in range(inner):
-        fn()
-    return (time.perf_counter() - start) / inner
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        return (time.perf_counter() - start) / inner
+    finally:
+        if gc_was_enabled:
+            gc.enable()
 
 
 def time_side_by_side(fns: Dict[str, Callable[[], object]], reps: int,

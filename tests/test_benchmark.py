@@ -4,6 +4,7 @@ They check structure and correctness (outputs match, ratios finite), never
 wall-clock thresholds: timings on a shared CI machine mean nothing here.
 """
 
+import gc
 import importlib.util
 import json
 import math
@@ -218,3 +219,17 @@ def test_demo_building_blocks(tmp_path):
     reloaded = demo.save_and_reload(converted, str(tmp_path / "saved"))
     np.testing.assert_allclose(reloaded.predict(subset[1], verbose=0),
                                pruned.predict(subset[1], verbose=0), rtol=1e-4, atol=1e-4)
+
+
+def test_samples_are_timed_with_the_garbage_collector_off():
+    seen = []
+    assert gc.isenabled()
+    benchmark._sample_s(lambda: seen.append(gc.isenabled()), inner=3)
+    assert seen == [False, False, False]
+    assert gc.isenabled()  # restored
+
+    def fails():
+        raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"):
+        benchmark._sample_s(fails, inner=1)
+    assert gc.isenabled()  # restored after an error too
