@@ -194,7 +194,7 @@ def run_case(layer, batch, density, gen, info, sweep_configs=None, quick=False,
         res["config_unsplit"] = eg.choose_config(geo_nhwc, csr.nnz, info["sms"], clusters=False)
         res["split_sweep"] = {}
         for split in (1, 2, 4, 8):
-            cfg = tuple(res["config_unsplit"][:9]) + (split,)
+            cfg = tuple(res["config_unsplit"][:9]) + (split,) + tuple(res["config_unsplit"][10:])
             fns = [lambda x=x: eg.conv(geo_nhwc, x, csr, None, "none", out_nhwc, cfg)
                    for x in xs_nhwc]
             try:
@@ -244,7 +244,8 @@ def run_case(layer, batch, density, gen, info, sweep_configs=None, quick=False,
 
 
 def sweep(res, times, geo_nhwc, batch, csr, xs_nhwc, out_nhwc, sweep_configs):
-    """Times alternative tiles next to the heuristic's (tuning aid)."""
+    """Times alternative tiles next to the heuristic's (tuning aid), in device time
+    (graph replays, as `times`: per-call events would time the host at batch 1)."""
     best = (times["escort_nhwc"], tuple(res["config"]))
     tried = []
     for cfg in sweep_configs(geo_nhwc, batch):
@@ -253,18 +254,47 @@ def sweep(res, times, geo_nhwc, batch, csr, xs_nhwc, out_nhwc, sweep_configs):
                    for x in xs_nhwc]
             fns[0]()
             torch.cuda.synchronize()
-            ms = median_ms(fns, 10, warmup=1)
+            ms = graph_ms(fns, replays=7)
         except RuntimeError:
+            continue
+        if ms is None:
             continue
         tried.append((cfg, ms))
         if ms < best[0]:
             best = (ms, tuple(cfg))
     res["sweep_best"] = dict(ms=best[0], config=best[1])
     res["sweep_top"] = sorted(tried, key=lambda t: t[1])[:5]
+    res["sweep_all"] = tried
+
+
+def sweep_candidates_b1(geo):
+    """Batch-1 grid: one image per tile, 4-32 warps (row parts), preload on (and
+    off for a subset)."""
+    cands = []
+    ccs = sorted({min(cc, max(8, 1 << (geo.C - 1).bit_length())) for cc in (32, 128)})
+    for pt, kw in ((2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2), (8, 4)):
+        pix = 32 * pt
+        widths = {geo.Q, -(-geo.Q // 2), -(-geo.Q // 3), -(-geo.Q // 4), 32, 8, 4, 2}
+        shapes = {(min(geo.P, pix // tw), min(tw, geo.Q)) for tw in widths if tw <= pix}
+        # At least a quarter of the slots useful (or the whole image).
+        shapes = sorted((s for s in shapes if s[0] >= 1 and
+                         4 * s[0] * s[1] >= min(pix, geo.P * geo.Q)),
+                        key=lambda s: -s[0] * s[1])[:5]
+        for warps, parts in ((4, 2), (4, 4), (8, 1), (8, 2), (8, 4)):
+            if 32 * warps * parts > (1024 if pt * kw <= 8 else 512):
+                continue
+            for th, tw in shapes:
+                for cc in ccs:
+                    cands.append((pt, kw, warps, 1, th, tw, cc, 1, 1, 1, parts))
+                    if warps == 8 and parts <= 2 and cc == ccs[0]:
+                        cands.append((pt, kw, warps, 1, th, tw, cc, 1, 0, 1, parts))
+    return cands
 
 
 def sweep_candidates(geo, batch):
     """A generic grid of tiles (general and row-slot paths), about 60 per case."""
+    if batch == 1:
+        return sweep_candidates_b1(geo)
     cands = []
     for nb in (1, 2, 4, 8, 16, 32):
         if nb > max(1, batch):
@@ -278,12 +308,14 @@ def sweep_candidates(geo, batch):
             for th, tw in sorted(shapes):
                 for cc in (16, 32):
                     for pre in (0, 1):
-                        cands.append((pt, kw, 8, nb, th, tw, cc, 1, pre, 1))
+                        cands.append((pt, kw, 8, nb, th, tw, cc, 1, pre, 1, 1))
         for pt, kw, pc in ((8, 2, 4), (8, 4, 4), (16, 2, 4), (4, 4, 4)):
             if (32 // nb) * pc <= 2 * geo.Q + 32:
                 for pre in (0, 1):
-                    cands.append((pt, kw, 8, nb, pt // pc, (32 // nb) * pc, 16, pc, pre, 1))
-    step = max(1, len(cands) // 60)  # bound the sweep's time
+                    cands.append((pt, kw, 8, nb, pt // pc, (32 // nb) * pc, 16, pc, pre, 1, 1))
+    # Row parts: each tile also with two warps per channel (16 warps).
+    cands += [c[:10] + (2,) for c in cands]
+    step = max(1, len(cands) // 80)  # bound the sweep's time
     return cands[::step]
 
 

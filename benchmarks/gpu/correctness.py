@@ -19,7 +19,7 @@ import torch
 
 import escort_gpu as eg
 
-CONFIG_SPACE = dict(pt=(4, 8, 16), kw=(1, 2, 4), warps=(4, 8), nb=(1, 2, 4, 8, 16, 32),
+CONFIG_SPACE = dict(pt=(2, 4, 8, 16), kw=(1, 2, 4), warps=(4, 8), nb=(1, 2, 4, 8, 16, 32),
                     cc=(1, 2, 4, 8, 16, 32, 64, 128))
 
 
@@ -35,15 +35,22 @@ def random_split(rng):
     return rng.choice((2, 3, 4, 8))
 
 
+def random_parts(rng):
+    """Warps per output channel (row parts); over 16 warps per block only the
+    small instances run (others are rejected: the case runs the heuristic)."""
+    return rng.choice((1, 1, 2, 4))
+
+
 def random_config(rng, geo):
     if rng.random() < 0.5:  # row-slot fast path (stride_w 1 only; else rejected)
         pt, kw, pc = rng.choice(FAST_INSTANCES)
         nb = rng.choice(CONFIG_SPACE["nb"])
-        return (pt, kw, rng.choice(CONFIG_SPACE["warps"]), nb, pt // pc, (32 // nb) * pc,
-                rng.choice(CONFIG_SPACE["cc"]), pc, rng.choice((0, 1)), random_split(rng))
+        warps = rng.choice(CONFIG_SPACE["warps"])
+        return (pt, kw, warps, nb, pt // pc, (32 // nb) * pc, rng.choice(CONFIG_SPACE["cc"]), pc,
+                rng.choice((0, 1)), random_split(rng), random_parts(rng))
     while True:
         pt, kw = rng.choice(CONFIG_SPACE["pt"]), rng.choice(CONFIG_SPACE["kw"])
-        if pt == 16 and kw == 4:
+        if pt in (2, 16) and kw == 4:
             continue
         warps, nb = rng.choice(CONFIG_SPACE["warps"]), rng.choice(CONFIG_SPACE["nb"])
         cc = rng.choice(CONFIG_SPACE["cc"])
@@ -52,7 +59,8 @@ def random_config(rng, geo):
             continue
         tw = rng.randint(1, min(pix, 64))
         th = rng.randint(1, max(1, pix // tw))
-        return (pt, kw, warps, nb, th, tw, cc, 1, rng.choice((0, 1)), random_split(rng))
+        return (pt, kw, warps, nb, th, tw, cc, 1, rng.choice((0, 1)), random_split(rng),
+                random_parts(rng))
 
 
 def random_case(rng, small):

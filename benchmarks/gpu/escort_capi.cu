@@ -32,9 +32,9 @@ escort::Activation ToActivation(int a) {
 
 extern "C" {
 
-// config: nullptr for the heuristic, else 10 ints (pixels_per_lane,
+// config: nullptr for the heuristic, else 11 ints (pixels_per_lane,
 // channels_per_warp, warps, images, tile_h, tile_w, chunk_c, row_slots,
-// preload, split_c).
+// preload, split_c, row_parts).
 int escort_csr_conv2d(const int64_t* geometry, const float* input,
                       const int32_t* row_offsets,
                       const int32_t* column_indices, const float* values,
@@ -58,12 +58,13 @@ int escort_csr_conv2d(const int64_t* geometry, const float* input,
   c.row_slots = config[7];
   c.preload = config[8];
   c.split_c = config[9];
+  c.row_parts = config[10];
   return static_cast<int>(escort::CsrConv2DGpuWithConfig(
       g, input, row_offsets, column_indices, values, nnz, bias,
       ToActivation(activation), output, c, s));
 }
 
-// Writes the heuristic's choice into config[10].
+// Writes the heuristic's choice into config[11].
 void escort_choose_config(const int64_t* geometry, int64_t nnz, int num_sms,
                           int clusters, int* config) {
   const escort::CsrConvGpuConfig c = escort::ChooseCsrConvGpuConfig(
@@ -78,6 +79,7 @@ void escort_choose_config(const int64_t* geometry, int64_t nnz, int num_sms,
   config[7] = c.row_slots;
   config[8] = c.preload;
   config[9] = c.split_c;
+  config[10] = c.row_parts;
 }
 
 const char* escort_error_string(int err) {

@@ -116,7 +116,7 @@ def conv(geo, x, csr, bias, activation, out, config=None, stream=None):
     """Runs the escort kernel; raises on a CUDA error."""
     cfg = None
     if config is not None:
-        cfg = (ctypes.c_int * 10)(*config)
+        cfg = (ctypes.c_int * 11)(*config)
     if stream is None:
         stream = torch.cuda.current_stream().cuda_stream
     err = lib().escort_csr_conv2d(
@@ -132,7 +132,7 @@ def choose_config(geo, nnz, num_sms, clusters=None):
     """The heuristic's tile; `clusters` defaults to whether the GPU is sm_90+."""
     if clusters is None:
         clusters = torch.cuda.get_device_capability()[0] >= 9
-    cfg = (ctypes.c_int * 10)()
+    cfg = (ctypes.c_int * 11)()
     lib().escort_choose_config(ctypes.addressof(geo.packed), nnz, num_sms, int(clusters),
                                ctypes.addressof(cfg))
     return tuple(cfg)

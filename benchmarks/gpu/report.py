@@ -72,7 +72,7 @@ def main(path):
             print("\n## batch %d, %s\n" % (batch, "SkimCaffe densities" if label == "skimcaffe"
                                              else "density %.2f" % label))
             print("| layer | density | escort ms | nchw ms | TF/s | floors mem/fp32/lds ms | "
-                  + " | ".join(METHODS) + " | tile (pt,kw,warps,nb,th,tw,cc,pc,pre,split) |")
+                  + " | ".join(METHODS) + " | tile (pt,kw,warps,nb,th,tw,cc,pc,pre,split,parts) |")
             print("|---|---|---|---|---|---|" + "---|" * len(METHODS) + "---|")
             for r in rs:
                 t = r["ms"]["escort_nhwc"]

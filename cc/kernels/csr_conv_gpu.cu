@@ -27,6 +27,12 @@
 //     contiguous run).
 //   * Results go through shared memory so that global stores are coalesced
 //     in either data format; bias and ReLU/ReLU6 are applied there.
+//   * Row parts (batch 1): `parts` warps share each output channel, each
+//     running a contiguous piece of its CSR row over the same staged tile,
+//     so a block has parts x more warps and each warp a parts x shorter
+//     chain (bucketing, staging share, hot loop) without more blocks, halo
+//     or staging; the partial tiles are added in shared memory in the
+//     epilogue.
 //   * Split over input channels (sm_90 thread-block clusters): when a grid
 //     has too few blocks to hide latency (batch 1), `split` blocks of one
 //     cluster share a tile, each running a contiguous range of the chunks;
@@ -65,10 +71,13 @@ struct Params {
   // Tile.
   int nb, log_nb, th, tw, tih, tiw, cc, log_cc, log_kb;
   int nbti;        // nb * tih * tiw: staged (image, pixel) positions.
-  int chan_pitch;  // floats between input channels of a staged tile (odd).
+  int chan_pitch;  // floats between input channels of a staged tile (4 x odd).
   int tile_floats; // cc * chan_pitch.
   int slot_pitch;  // floats between channels of the output staging (odd).
   int tiles_p, tiles_q, k_groups;
+  // NHWC staging of a full chunk (StageNhwc): 2^log_cl channel lanes,
+  // stage_kc channels per thread and position, 2^log_nq channel blocks.
+  int log_cl, stage_kc, log_nq;
   // Byte offsets of the shared-memory sections.
   int lists_off, cursors_off, tapoff_off, stab_off, otab_off;
   // Preloaded filter (0 capacity: off): the block's CSR rows bucketed by
@@ -76,6 +85,9 @@ struct Params {
   int pool_cap, pool_off, starts_off, nch;
   // Blocks per cluster splitting the chunks (1: no split).
   int split;
+  // Warps per output channel (row parts; warp = part * warps + channel
+  // warp), and the floats between two parts' partial tiles.
+  int log_warps, parts, part_floats;
 };
 
 // cp.async exists from sm_80 on; sm_75 stages synchronously (the barrier
@@ -90,6 +102,32 @@ __device__ __forceinline__ void CpAsync4(float* dst, const float* src,
 #else
   *dst = valid ? __ldg(src) : 0.0f;
 #endif
+}
+// cp.async of the float at `src` + kSrcBytes to the shared byte address
+// `dst`, or 0 without reading anything where `g` < 0 (padding). The test
+// on `g` and the immediate offset keep a group of copies at one
+// instruction each; back-to-back copies also share the setup that sm_90
+// issues before each group.
+template <int kSrcBytes>
+__device__ __forceinline__ void CpAsync4At(uint32_t dst, const float* src,
+                                           int g) {
+#if __CUDA_ARCH__ >= 800
+  asm volatile(
+      "{\n .reg .pred skip;\n setp.lt.s32 skip, %2, 0;\n"
+      " cp.async.ca.shared.global [%0], [%1+%3], 4, skip;\n}\n" ::"r"(dst),
+      "l"(src), "r"(g), "n"(kSrcBytes));
+#else
+  const float v = g >= 0 ? __ldg(src + kSrcBytes / 4) : 0.0f;
+  asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(dst), "f"(v));
+#endif
+}
+// base + words floats in one wide multiply-add (the compiler's own sum of
+// a sign- and a zero-extended offset takes four instructions).
+__device__ __forceinline__ const float* AddWords(const float* base,
+                                                 unsigned words) {
+  const float* r;
+  asm("mad.wide.u32 %0, %1, 4, %2;\n" : "=l"(r) : "r"(words), "l"(base));
+  return r;
 }
 // A 32-bit shared address plus an immediate keeps the hot loop at one add
 // per row of slots.
@@ -123,22 +161,52 @@ __device__ __forceinline__ void CpAsyncWait() {
 #endif
 }
 
+// NHWC staging of the chunk at channel c0, stage_kc (1, 2 or 4) channels
+// per thread and position. Channels at or past C (the last chunk when cc
+// does not divide C) are left unwritten: no list entry refers to them. A warp covers
+// 2^log_cl (8 when cc >= 8) consecutive channels x 32 / 2^log_cl
+// positions: each copy instruction reads whole 32-byte sectors and, with
+// chan_pitch 4 x odd, writes 32 distinct banks. A thread's channels are 8
+// apart (an immediate offset in global memory), so one table read, one
+// bounds test and one 64-bit address serve up to 4 copies: about 4.5
+// instructions per copied float, against 22 for a loop of one float per
+// iteration. (One loop for every stage_kc: separate instances of it raised
+// the kernel's register count by 30.)
+__device__ __forceinline__ void StageNhwc(const Params& p, uint32_t buf,
+                                          const int* stab, int c0) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int cl = 1 << p.log_cl;
+  const int j = lane & (cl - 1);
+  const int q = warp & ((1 << p.log_nq) - 1);
+  const int c = q * cl * p.stage_kc + j;  // first channel of this thread
+  // This thread's channels that exist (they are cl apart).
+  const int kc = min(p.stage_kc, (p.C - c0 - c + cl - 1) >> p.log_cl);
+  if (kc <= 0) return;
+  const int m_warp = 32 >> p.log_cl;
+  const int m_step = ((blockDim.x >> 5) >> p.log_nq) * m_warp;
+  const float* src = p.input + (c0 + c);
+  const uint32_t d_stride = 4u * cl * p.chan_pitch;
+  int m = (warp >> p.log_nq) * m_warp + (lane >> p.log_cl);
+  uint32_t dst = buf + 4u * (c * p.chan_pitch + m);
+#pragma unroll 1
+  for (; m < p.nbti; m += m_step, dst += 4u * m_step) {
+    const int g = stab[m];
+    const float* s = AddWords(src, max(g, 0));
+    CpAsync4At<0>(dst, s, g);
+    if (kc > 1) CpAsync4At<32>(dst + d_stride, s, g);
+    if (kc > 2) CpAsync4At<64>(dst + 2 * d_stride, s, g);
+    if (kc > 3) CpAsync4At<96>(dst + 3 * d_stride, s, g);
+  }
+}
+
 // Copies input channels [c0, c0 + cc) of the block's tile into `buf`
 // ([c][stab position]); positions and channels outside the input read 0.
 __device__ __forceinline__ void StageChunk(const Params& p, float* buf,
                                            const int* stab, int c0) {
   const int tid = threadIdx.x, nthreads = blockDim.x;
   if (p.nhwc) {
-    // Channel fastest: a warp reads runs of cc contiguous floats.
-    const int c = tid & (p.cc - 1);
-    const bool c_ok = c0 + c < p.C;
-    float* dst = buf + c * p.chan_pitch;
-    const int step = nthreads >> p.log_cc;
-    for (int m = tid >> p.log_cc; m < p.nbti; m += step) {
-      const int g = stab[m];
-      const bool ok = c_ok && g >= 0;
-      CpAsync4(dst + m, ok ? p.input + g + c0 + c : p.input, ok);
-    }
+    StageNhwc(p, static_cast<uint32_t>(__cvta_generic_to_shared(buf)), stab,
+              c0);
   } else {
     // Position fastest: runs along w are contiguous in NCHW.
     const int hw = p.H * p.W;
@@ -221,22 +289,24 @@ __device__ __forceinline__ int BuildList(const Params& p, int* cur,
   return n;
 }
 
-// Output element `index` of the block's tile: its own partial, or with a
-// split the sum of every cluster rank's partial in rank order.
+// Output element `index` of the block's tile: the sum of its row parts'
+// partials, and with a split of every cluster rank's, in a fixed order.
 __device__ __forceinline__ float TileValue(const Params& p, float* ob,
                                            int index) {
+  float v = 0.f;
 #if __CUDA_ARCH__ >= 900
   if (p.split > 1) {
     cooperative_groups::cluster_group cluster =
         cooperative_groups::this_cluster();
-    float v = 0.f;
     for (int q = 0; q < p.split; ++q) {
-      v += cluster.map_shared_rank(ob, q)[index];
+      const float* src = cluster.map_shared_rank(ob, q) + index;
+      for (int part = 0; part < p.parts; ++part) v += src[part * p.part_floats];
     }
     return v;
   }
 #endif
-  return ob[index];
+  for (int part = 0; part < p.parts; ++part) v += ob[index + part * p.part_floats];
+  return v;
 }
 
 // Orders every rank's partial-tile writes before any rank reads them, and
@@ -247,8 +317,14 @@ __device__ __forceinline__ void ClusterSync(const Params& p) {
 #endif
 }
 
+// Threads per block an instance allows (row parts multiply the warps):
+// instances with few accumulators (PT * KW <= 8: at most 64 registers) run
+// up to 32 warps, the others up to 16 with up to 128 registers, the cap
+// they had at 256 threads and two blocks per SM.
+constexpr int MaxThreads(int pt, int kw) { return pt * kw <= 8 ? 1024 : 512; }
+
 template <int PT, int KW, int PC>
-__global__ void __launch_bounds__(256, 2)
+__global__ void __launch_bounds__(MaxThreads(PT, KW), 1)
     CsrConvKernel(const Params p) {
   extern __shared__ __align__(16) unsigned char smem[];
   float* region = reinterpret_cast<float*>(smem);
@@ -260,6 +336,8 @@ __global__ void __launch_bounds__(256, 2)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int nthreads = blockDim.x;
+  // Channel warp (which KW output channels) and row part of this warp.
+  const int cw = warp & ((1 << p.log_warps) - 1), part = warp >> p.log_warps;
   const int rs = p.R * p.S;
   const int nslots = p.nb * p.th * p.tw;
   const int tile_pixels = p.th * p.tw;
@@ -276,8 +354,8 @@ __global__ void __launch_bounds__(256, 2)
   const int tp = bid % p.tiles_p;
   const int tn = bid / p.tiles_p;
   const int n0 = tn * p.nb, p0 = tp * p.th, q0 = tq * p.tw;
-  const int kb = (nthreads >> 5) * KW;
-  const int k_warp = kg * kb + warp * KW;
+  const int kb = 1 << p.log_kb;
+  const int k_warp = kg * kb + cw * KW;
 
   // Tables shared by every chunk.
   for (int t = tid; t < rs; t += nthreads) {
@@ -336,7 +414,12 @@ __global__ void __launch_bounds__(256, 2)
     for (int kk = 0; kk < KW; ++kk) {
       const int k = k_warp + kk;
       if (k >= p.K) break;
-      const int rb = __ldg(p.row_offsets + k), re = __ldg(p.row_offsets + k + 1);
+      const int row_b = __ldg(p.row_offsets + k);
+      const int row_len = __ldg(p.row_offsets + k + 1) - row_b;
+      // This warp's part of the row; parts are contiguous, so the pool
+      // keeps the rows' layout and each part its own chunk starts.
+      const int rb = row_b + part * row_len / p.parts;
+      const int re = row_b + (part + 1) * row_len / p.parts;
       int* st = starts + (warp * KW + kk) * (p.nch + 1);
       for (int h = lane; h <= p.nch; h += 32) st[h] = 0;
       __syncwarp();
@@ -425,8 +508,9 @@ __global__ void __launch_bounds__(256, 2)
 
   // Row bounds and the first entry of every tap at or after the block's
   // first chunk (binary search, one lane per tap).
-  int* my_cur = cursors + warp * KW * rs;
-  int2* my_list = lists + warp * rs * p.cc;
+  // Without the preload each row runs whole in its part-0 warp.
+  int* my_cur = cursors + cw * KW * rs;
+  int2* my_list = lists + cw * rs * p.cc;
   int row_end[KW];
 #pragma unroll
   for (int kk = 0; kk < KW; ++kk) {
@@ -437,7 +521,7 @@ __global__ void __launch_bounds__(256, 2)
       re = __ldg(p.row_offsets + k + 1);
     }
     row_end[kk] = re;
-    for (int t = lane; t < rs && !preload; t += 32) {
+    for (int t = lane; t < rs && !preload && part == 0; t += 32) {
       const int key = t * p.C + ch_begin * p.cc;
       int lo = rb, hi = re;
       while (lo < hi) {
@@ -506,11 +590,14 @@ __global__ void __launch_bounds__(256, 2)
           const int* st = starts + (warp * KW + kk) * (p.nch + 1);
           list = pool + st[ch];
           n = st[ch + 1] - st[ch];
-        } else {
+        } else if (part == 0) {
           n = BuildList(p, my_cur + kk * rs, tapoff, my_list, row_end[kk], c0,
                         clen, buf_bytes, lane);
           list = my_list;
           __syncwarp();
+        } else {
+          list = my_list;
+          n = 0;
         }
 #pragma unroll 2
         for (int e = 0; e < n; ++e) {
@@ -527,7 +614,8 @@ __global__ void __launch_bounds__(256, 2)
     __syncthreads();  // Before the next stage overwrites this buffer.
   }
 
-  // Epilogue: registers -> shared [channel][slot] -> coalesced stores.
+  // Epilogue: registers -> shared [part][channel][slot] -> coalesced stores
+  // of the parts' sums.
   float* ob = region;
 #pragma unroll
   for (int kk = 0; kk < KW; ++kk) {
@@ -535,8 +623,8 @@ __global__ void __launch_bounds__(256, 2)
     for (int i = 0; i < PT; ++i) {
       const int pix = g_l + g_step * i;
       if (pix < tile_pixels) {
-        ob[(warp * KW + kk) * p.slot_pitch + (pix << p.log_nb) + n_l] =
-            acc[kk][i];
+        ob[part * p.part_floats + (cw * KW + kk) * p.slot_pitch +
+           (pix << p.log_nb) + n_l] = acc[kk][i];
       }
     }
   }
@@ -586,9 +674,10 @@ __global__ void __launch_bounds__(256, 2)
 // (PC) 1 is the general path; PC > 1 needs stride_w 1 and
 // tile_w == (32 / images) * PC, tile_h == PT / PC.
 #define ESCORT_KERNEL_INSTANCES(X)                                        \
-  X(4, 1, 1) X(4, 2, 1) X(4, 4, 1) X(8, 1, 1) X(8, 2, 1) X(8, 4, 1)       \
-  X(16, 1, 1) X(16, 2, 1) X(4, 2, 4) X(4, 4, 4) X(8, 2, 4) X(8, 4, 4)     \
-  X(8, 2, 8) X(8, 4, 8) X(16, 1, 8) X(16, 2, 8) X(16, 2, 4) X(16, 1, 4)
+  X(2, 1, 1) X(2, 2, 1) X(4, 1, 1) X(4, 2, 1) X(4, 4, 1) X(8, 1, 1)       \
+  X(8, 2, 1) X(8, 4, 1) X(16, 1, 1) X(16, 2, 1) X(4, 2, 4) X(4, 4, 4)     \
+  X(8, 2, 4) X(8, 4, 4) X(8, 2, 8) X(8, 4, 8) X(16, 1, 8) X(16, 2, 8)     \
+  X(16, 2, 4) X(16, 1, 4)
 
 bool Instantiated(int pt, int kw, int pc) {
 #define ESCORT_MATCH(PT, KW, PC) \
@@ -620,14 +709,15 @@ Layout MakeLayout(const ConvGeometry& g, const CsrConvGpuConfig& c,
   l.tih = static_cast<int>((c.tile_h - 1) * g.stride_h + (g.R - 1) * g.dilation_h + 1);
   l.tiw = static_cast<int>((c.tile_w - 1) * g.stride_w + (g.S - 1) * g.dilation_w + 1);
   l.nbti = c.images * l.tih * l.tiw;
-  // Odd pitches: NHWC staging stores and NHWC epilogue loads walk these
-  // strides across lanes, so an odd stride keeps them bank-conflict free.
-  l.chan_pitch = l.nbti | 1;
+  // NHWC staging writes 8 channels x 4 positions per instruction (see
+  // StageNhwc): a pitch of 4 x odd floats spreads those over all 32 banks.
+  l.chan_pitch = AlignUp(l.nbti + 4, 8) - 4;
   l.tile_floats = c.chunk_c * l.chan_pitch;
   const int nslots = c.images * c.tile_h * c.tile_w;
+  // Odd: the NHWC epilogue's loads walk this stride across lanes.
   l.slot_pitch = nslots | 1;
   const int kb = c.warps * c.channels_per_warp;
-  const int region = std::max(2 * l.tile_floats, kb * l.slot_pitch);
+  const int region = std::max(2 * l.tile_floats, c.row_parts * kb * l.slot_pitch);
   int off = AlignUp(region * 4, 16);
   l.lists_off = off;
   off += c.warps * rs * c.chunk_c * 8;
@@ -651,7 +741,7 @@ Layout MakeLayout(const ConvGeometry& g, const CsrConvGpuConfig& c,
   l.pool_off = off;
   off += l.pool_cap * 8;
   l.starts_off = off;
-  off += l.pool_cap > 0 ? kb * (l.nch + 1) * 4 : 0;
+  off += l.pool_cap > 0 ? c.row_parts * kb * (l.nch + 1) * 4 : 0;
   l.smem_bytes = AlignUp(off, 16);
   return l;
 }
@@ -661,6 +751,10 @@ bool ConfigValid(const ConvGeometry& g, const CsrConvGpuConfig& c,
   const int pt = c.pixels_per_lane, kw = c.channels_per_warp;
   if (!Instantiated(pt, kw, c.row_slots)) return false;
   if (c.warps != 4 && c.warps != 8) return false;
+  if (!IsPow2(c.row_parts) || c.row_parts > 4 ||
+      32 * c.warps * c.row_parts > MaxThreads(pt, kw)) {
+    return false;
+  }
   if (!IsPow2(c.images) || c.images > 32) return false;
   if (c.row_slots > 1 &&
       (g.stride_w != 1 || c.tile_w != (32 / c.images) * c.row_slots ||
@@ -758,13 +852,32 @@ cudaError_t LaunchOn(const Params& p, int blocks, int threads, int smem,
 // per cycle per SM, and its cost is instructions (the hot loop's load, FMA
 // and address add per slot, the per-tap list rounds, the staging copies)
 // or the shared-memory pipe (one 32-lane load per cycle), whichever is
-// larger, times the wave quantisation of the grid.
+// larger, times the wave quantisation of the grid; or, where larger (small
+// grids), the latency model below.
 // Constants of the model, fitted to the H100 timings of NOTES.md: per-chunk
 // block overhead (barrier, cp.async wait, list latency) in cycles, staging
 // instructions per copied word, warps per SM that hide latency, preload
-// instructions per entry, issued instructions per cycle, and the latency
-// of one chunk for one warp (sets the floor when the grid is small).
-constexpr double kCostModel[6] = {86.0, 5.94, 16.8, 1.1, 3.99, 247.2};
+// instructions per entry, issued instructions per cycle.
+constexpr double kCostModel[5] = {86.0, 5.94, 16.8, 1.1, 3.99};
+// Small grids (batch 1) are bound by each warp's chain of dependent
+// instructions, not by issue. Their time in microseconds:
+//   [0] + waves * (n_w * ([1] + [3] * warps_per_sm) + [2] * chunks
+//                  + [7] * channels_per_warp * chunks
+//                  + [9] * channels_per_warp * chunks without the preload),
+//   n_w = hot-loop instructions + [8] * extra shared-load wavefronts (bank
+//         conflicts) + [4] * staging instructions + [5] * preload rounds
+//         + list-building instructions + [6]   (per warp)
+// fitted (least squares on log time, 6,000 tiles of the ten benchmark
+// layers, 9% rms error) to the H100 batch-1 sweeps in
+// benchmarks/results/gpu_b1_sweep*.json.
+constexpr double kLatencyModel[10] = {2.427,  1.089e-3, 0.3766, 1.102e-4,
+                                      2.744,  86.68,    849.6,  0.1226,
+                                      2.228,  0.1618};
+// Cycles per microsecond (H100 boost clock) and the factor from the
+// throughput model's cycles to measured ones (1.6-2.9 at batch 32), to put
+// the two estimates on one scale.
+constexpr double kCyclesPerMicro = 1980.0;
+constexpr double kThroughputScale = 2.0;
 // Fixed cost of a split, in cycles: on the H100, splitting a batch-1 tile
 // two ways added 7-16 us on nine of the ten benchmark layers and 2 us on
 // the smallest (benchmarks/results/gpu_split_sweep.json), with or without
@@ -772,12 +885,44 @@ constexpr double kCostModel[6] = {86.0, 5.94, 16.8, 1.1, 3.99, 247.2};
 // splits only where the sweeps measured a gain.
 constexpr double kSplitCycles = 14000.0;
 
+// Mean shared-memory wavefronts of one hot-loop slot load (1: conflict
+// free): the 32 lanes' words of each slot, as the kernel maps lanes to
+// (image, pixel); spare slots read pixel 0. The row-slot path (PC > 1) is
+// conflict free by construction.
+double SlotWavefronts(const ConvGeometry& g, const CsrConvGpuConfig& c,
+                      const Layout& l) {
+  if (c.row_slots > 1) return 1.0;
+  const int log_nb = Log2(c.images), g_step = 32 >> log_nb;
+  const int tile_pixels = c.tile_h * c.tile_w;
+  double total = 0;
+  for (int i = 0; i < c.pixels_per_lane; ++i) {
+    int words[32];
+    for (int lane = 0; lane < 32; ++lane) {
+      int pix = (lane >> log_nb) + g_step * i;
+      if (pix >= tile_pixels) pix = 0;
+      const int py = pix / c.tile_w, px = pix - py * c.tile_w;
+      words[lane] = ((py * static_cast<int>(g.stride_h) * l.tiw +
+                      px * static_cast<int>(g.stride_w)) << log_nb) +
+                    (lane & (c.images - 1));
+    }
+    std::sort(words, words + 32);
+    const int distinct = static_cast<int>(std::unique(words, words + 32) - words);
+    int per_bank[32] = {};
+    int worst = 0;
+    for (int w = 0; w < distinct; ++w) worst = std::max(worst, ++per_bank[words[w] & 31]);
+    total += worst;
+  }
+  return total / c.pixels_per_lane;
+}
+
 double EstimateCost(const ConvGeometry& g, double density, int64_t nnz,
                     const CsrConvGpuConfig& c, int num_sms) {
   const Layout l = MakeLayout(g, c, nnz);
   const double rs = static_cast<double>(g.R * g.S);
   const int kb = c.warps * c.channels_per_warp;
   const int pt = c.pixels_per_lane;
+  const int parts = c.row_parts;
+  const int nwarps = c.warps * parts;
   const int64_t blocks = ((g.N + c.images - 1) / c.images) *
                          ((g.P + c.tile_h - 1) / c.tile_h) *
                          ((g.Q + c.tile_w - 1) / c.tile_w) *
@@ -788,40 +933,76 @@ double EstimateCost(const ConvGeometry& g, double density, int64_t nnz,
   const double entries = rs * clen * density;
   const double adds = c.row_slots > 1 ? pt / c.row_slots : pt;
   const double per_tap = clen * density;
+  const int64_t nch_all = (g.C + c.chunk_c - 1) / c.chunk_c;
   const double rounds = l.pool_cap > 0 ? 0.0
                        : std::ceil(rs / 32.0) * (1.0 + per_tap / 4.0 + 0.5);
   const double issue_warp_chunk =
       c.channels_per_warp * (entries * (2.0 * pt + adds + 4.0) + rounds * 45.0 + 20.0);
   const double lds_warp_chunk = c.channels_per_warp * (entries * (pt + 1.0) + rounds * 6.0);
   const double staging = c.chunk_c * static_cast<double>(l.nbti) / 32.0;
+  // kCostModel[1] was fitted to a copy loop of 22 instructions per float;
+  // StageNhwc issues about 14 / kc + 2 (kc channels per thread).
+  const int kc = std::min(4, c.chunk_c / std::min(c.chunk_c, 8));
+  const double staging_scale =
+      g.data_format == DataFormat::kNHWC ? (14.0 / kc + 2.0) / 22.0 : 1.0;
   // Preloading reads each row once, coalesced, in two bucketing passes.
   const double preload =
       l.pool_cap > 0 ? 2.0 * kCostModel[3] * kb * (rs * g.C * density) / 32.0 : 0.0;
   // Epilogue: each rank stores 1/split of the tile, reading split partials.
   const double tile_words = static_cast<double>(kb) * c.images * c.tile_h * c.tile_w;
   const double cluster_cycles = c.split_c > 1 ? kSplitCycles : 0.0;
+  // Row parts add each extra warp's per-chunk overhead and a shared read
+  // per part in the epilogue.
   const double block_issue =
-      nch * (c.warps * issue_warp_chunk + kCostModel[1] * staging) + preload +
-      tile_words / 32.0 * (4.0 + (c.split_c > 1 ? 3.0 : 0.0)) + 400.0;
+      nch * (c.warps * issue_warp_chunk + kCostModel[1] * staging_scale * staging +
+             (parts - 1) * kb * 20.0) +
+      preload +
+      tile_words / 32.0 * (4.0 + (c.split_c > 1 ? 3.0 : 0.0) + (parts - 1)) +
+      400.0;
   const double block_lds = nch * (c.warps * lds_warp_chunk + 2.0 * staging);
   const double block_cycles =
       std::max(block_issue / kCostModel[4], block_lds / 0.9) +
       nch * kCostModel[0] + cluster_cycles;
   const int regs = 40 + pt * (c.channels_per_warp + 1);
   int occ = kSmemPerSm / (l.smem_bytes + 1024);
-  occ = std::min(occ, 64 / c.warps);
-  occ = std::min(occ, 65536 / (std::min(regs, 128) * 32 * c.warps));
+  occ = std::min(occ, 64 / nwarps);
+  occ = std::min(occ, 65536 / (std::min(regs, 128) * 32 * nwarps));
   if (occ < 1) return 1e30;
   const int64_t per_sm = (blocks + num_sms - 1) / num_sms;
   const int64_t conc = std::min<int64_t>(occ, per_sm);
   // Too few warps per SM leave load and barrier latency exposed.
-  const double eff = std::min(1.0, conc * c.warps / kCostModel[2]);
-  // One warp alone issues at most one instruction per cycle and waits for
-  // each chunk: the floor of a block's time in a small grid (batch 1).
-  const double warp_serial =
-      nch * (issue_warp_chunk + c.channels_per_warp * kCostModel[5]) +
+  const double eff = std::min(1.0, conc * nwarps / kCostModel[2]);
+  const double throughput = kThroughputScale * per_sm * block_cycles / eff;
+  // Latency (kLatencyModel): one warp's instructions, its row part's
+  // entries in the hot loop, its share of the staging copies (StageNhwc's
+  // 14 / kc + 2 per float; 22 for NCHW) and of the preload's rounds, or
+  // without the preload the per-chunk list rounds (the whole row then runs
+  // in the part-0 warp).
+  const bool pooled = l.pool_cap > 0;
+  const double part_len = rs * g.C * density / (pooled ? parts : 1);
+  const double hot =
+      c.channels_per_warp * part_len *
+          (2.0 * pt + adds + 4.0 +
+           kLatencyModel[8] * pt * (SlotWavefronts(g, c, l) - 1.0)) +
+      (pooled ? 0.0 : nch_all * c.channels_per_warp * rounds * 45.0);
+  const double stage_w =
+      static_cast<double>(std::min<int64_t>(c.chunk_c, g.C)) * nch * l.nbti /
+      (32.0 * nwarps) * (g.data_format == DataFormat::kNHWC ? 14.0 / kc + 2.0 : 22.0);
+  const double pre_w = pooled
+      ? c.channels_per_warp * 2.0 * std::ceil(part_len * nch / nch_all / 128.0) * 4.0
+      : 0.0;
+  const double n_w = hot * nch / nch_all + kLatencyModel[4] * stage_w +
+                     kLatencyModel[5] * pre_w + kLatencyModel[6];
+  const double waves = static_cast<double>((per_sm + occ - 1) / occ);
+  const double latency =
+      kCyclesPerMicro *
+          (kLatencyModel[0] +
+           waves * (n_w * (kLatencyModel[1] + kLatencyModel[3] * conc * nwarps) +
+                    nch * (kLatencyModel[2] +
+                           (kLatencyModel[7] + (pooled ? 0.0 : kLatencyModel[9])) *
+                               c.channels_per_warp))) +
       cluster_cycles;
-  return per_sm * std::max(block_cycles / eff, warp_serial);
+  return std::max(throughput, latency);
 }
 
 }  // namespace
@@ -848,8 +1029,10 @@ CsrConvGpuConfig ChooseCsrConvGpuConfig(const ConvGeometry& g, int64_t nnz,
   const int max_nb = g.N >= 32 ? 32 : (1 << Log2(static_cast<int>(std::max<int64_t>(g.N, 1))));
   auto consider = [&](CsrConvGpuConfig c) {
     for (int split = 1; split <= (clusters ? 8 : 1); split *= 2)
+    for (int parts = 1; parts <= 4; parts *= 2)
     for (int preload = 0; preload <= 1; ++preload) {
       c.split_c = split;
+      c.row_parts = parts;
       c.preload = preload;
       // Chunks under 8 channels were slow on every layer measured (a
       // barrier and a cp.async wait per few nonzeros); smaller only for
@@ -979,11 +1162,20 @@ cudaError_t CsrConv2DGpuWithConfig(const ConvGeometry& g, const float* input,
   p.starts_off = l.starts_off;
   p.nch = l.nch;
   p.split = c.split_c;
+  p.log_warps = Log2(c.warps);
+  // StageNhwc: 8 channel lanes (fewer only below 8 channels), up to 4
+  // channels per thread, the rest in blocks of warps.
+  const int cl = std::min(c.chunk_c, 8);
+  p.log_cl = Log2(cl);
+  p.stage_kc = std::min(4, c.chunk_c / cl);
+  p.log_nq = Log2(c.chunk_c / (cl * p.stage_kc));
+  p.parts = c.row_parts;
+  p.part_floats = kb * l.slot_pitch;
   const int64_t blocks64 = static_cast<int64_t>((g.N + c.images - 1) / c.images) *
                            p.tiles_p * p.tiles_q * p.k_groups * c.split_c;
   if (blocks64 > INT_MAX) return cudaErrorInvalidConfiguration;
   const int blocks = static_cast<int>(blocks64);
-  const int threads = 32 * c.warps;
+  const int threads = 32 * c.warps * c.row_parts;
   const int smem = l.smem_bytes;
   switch (c.pixels_per_lane * 100 + c.channels_per_warp * 10 + c.row_slots) {
 #define ESCORT_CASE(PT, KW, PC) \

@@ -37,7 +37,8 @@ cudaError_t CsrConv2DGpu(const ConvGeometry& geometry, const float* input,
 // `chunk_c` at a time. Valid values:
 //   (pixels_per_lane, channels_per_warp, row_slots) one of the instances
 //   listed in csr_conv_gpu.cu, warps in {4, 8}, images and chunk_c powers
-//   of two, images <= 32, chunk_c <= min(128, 32 * warps).
+//   of two, images <= 32, chunk_c <= min(128, 32 * warps), row_parts as
+//   below.
 // row_slots 1 is the general path (any stride). row_slots > 1 is the fast
 // path for stride_w 1: a lane's slots form rows of row_slots pixels, so
 // tile_w must be (32 / images) * row_slots and tile_h
@@ -61,12 +62,23 @@ struct CsrConvGpuConfig {
   // sm_90+ device and a build with sm_90 code (else cudaErrorInvalidValue).
   // Raises the block count where a grid is too small to hide latency.
   int split_c = 1;
+  // Warps per output channel group: each CSR row of the block is cut into
+  // `row_parts` contiguous pieces, each run by its own warp over the same
+  // staged input; the partial tiles are summed in shared memory before the
+  // epilogue. 1, 2 or 4; the block has 32 * warps * row_parts threads, at
+  // most 512, or 1024 where pixels_per_lane * channels_per_warp <= 8.
+  // Shortens each warp's serial chain where
+  // a small grid leaves the SMs short of warps (batch 1) without adding
+  // blocks. Blocks whose rows overflow the preload pool run each row in one
+  // warp (the other parts idle).
+  int row_parts = 1;
 };
 
 // The tile shape CsrConv2DGpu picks for `geometry` and `nnz` nonzeros on a
 // device with `num_sms` multiprocessors (`clusters`: whether split_c > 1 may
 // be used there): the cheapest valid config under a cost model of issued
-// instructions, shared-memory loads, staging, chunk latency and waves,
+// instructions, shared-memory loads, staging, chunk latency and waves, and
+// for small grids (batch 1) of each warp's chain of dependent instructions,
 // fitted to H100 timings (benchmarks/gpu/NOTES.md).
 CsrConvGpuConfig ChooseCsrConvGpuConfig(const ConvGeometry& geometry,
                                         int64_t nnz, int num_sms,

@@ -238,8 +238,8 @@ Case RandomCase(std::mt19937* rng, int i) {
   c.bias = pick({0, 1});
   c.activation = static_cast<Activation>(pick({0, 1, 2}));
   c.use_config = (i % 2) == 1;
-  int pt = pick({4, 8, 16});
-  int kw = pt == 16 ? pick({1, 2}) : pick({1, 2, 4});
+  int pt = pick({2, 4, 8, 16});
+  int kw = pt == 16 || pt == 2 ? pick({1, 2}) : pick({1, 2, 4});
   int nb = pick({1, 2, 4, 8, 16, 32});
   int pix = 32 * pt / nb;
   int tw = std::uniform_int_distribution<int>(1, std::min(pix, 16))(*rng);
@@ -255,6 +255,8 @@ Case RandomCase(std::mt19937* rng, int i) {
   // Cluster split over input-channel chunks (sm_90+; elsewhere, or with more
   // ranks than chunks, the config is rejected and the heuristic runs).
   c.config.split_c = pick({1, 1, 2, 3, 4, 8});
+  // Row parts (over 16 warps only for small instances; else rejected).
+  c.config.row_parts = pick({1, 1, 2, 4});
   if (pick({0, 1})) {  // Row-slot fast path; rejected (then heuristic) unless stride_w 1.
     static const int kFast[][3] = {{4, 2, 4}, {8, 2, 4}, {8, 4, 8}, {16, 1, 8}, {16, 2, 4}};
     const int* f = kFast[std::uniform_int_distribution<int>(0, 4)(*rng)];
