@@ -11,7 +11,7 @@ NVCC="${NVCC:-nvcc}"
 ARCH="${GPU_ARCH:--gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_90,code=compute_90}"
 FLAGS="-std=c++17 -O3 -I$ROOT -lineinfo $ARCH"
 cd "$ROOT"
-# The two builds run side by side (18 kernel instances each).
+# The two builds run side by side (each compiles every kernel instance).
 $NVCC $FLAGS -Xptxas -v -Xcompiler -fPIC -shared \
   cc/kernels/csr_conv_gpu.cu benchmarks/gpu/escort_capi.cu \
   -o "$OUT/libescort_gpu.so" 2> "$OUT/ptxas.txt" &
