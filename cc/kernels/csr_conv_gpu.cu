@@ -401,9 +401,8 @@ __global__ void __launch_bounds__(MaxThreads(PT, KW), 1)
   }
 
   // This block's chunks.
-  const int nch = (p.C + p.cc - 1) / p.cc;
-  const int ch_begin = rank * nch / p.split;
-  const int ch_end = (rank + 1) * nch / p.split;
+  const int ch_begin = rank * p.nch / p.split;
+  const int ch_end = (rank + 1) * p.nch / p.split;
 
   // Preload: when the block's rows fit, bucket them once by input-channel
   // chunk into shared memory, already decoded (byte offset of the tap and
@@ -789,10 +788,10 @@ bool ConfigValid(const ConvGeometry& g, const CsrConvGpuConfig& c,
     return false;
   // Each rank of a split needs a chunk of its own; 8 is the portable
   // cluster size limit.
-  const int64_t nch = (g.C + c.chunk_c - 1) / c.chunk_c;
-  if (c.split_c < 1 || c.split_c > 8 || c.split_c > std::max<int64_t>(nch, 1))
+  const Layout l = MakeLayout(g, c, nnz);
+  if (c.split_c < 1 || c.split_c > 8 || c.split_c > std::max(l.nch, 1))
     return false;
-  return MakeLayout(g, c, nnz).smem_bytes <= kMaxSmemBytes;
+  return l.smem_bytes <= kMaxSmemBytes;
 }
 
 cudaError_t CurrentDeviceAttribute(cudaDeviceAttr attribute, int* value) {
@@ -949,12 +948,12 @@ double EstimateCost(const ConvGeometry& g, double density, int64_t nnz,
                          ((g.Q + c.tile_w - 1) / c.tile_w) *
                          ((g.K + kb - 1) / kb) * c.split_c;
   // Chunks of the busiest rank.
-  const int64_t nch = ((g.C + c.chunk_c - 1) / c.chunk_c + c.split_c - 1) / c.split_c;
+  const int64_t nch_all = l.nch;
+  const int64_t nch = (nch_all + c.split_c - 1) / c.split_c;
   const double clen = static_cast<double>(std::min<int64_t>(c.chunk_c, g.C));
   const double entries = rs * clen * density;
   const double adds = c.row_slots > 1 ? pt / c.row_slots : pt;
   const double per_tap = clen * density;
-  const int64_t nch_all = (g.C + c.chunk_c - 1) / c.chunk_c;
   const double rounds = l.pool_cap > 0 ? 0.0
                        : std::ceil(rs / 32.0) * (1.0 + per_tap / 4.0 + 0.5);
   const double issue_warp_chunk =
