@@ -656,7 +656,9 @@ def bench_model(name: str, dense, sparse, batches: Sequence[int], reps: int,
 
     Returns:
         {"calls": [{"batch", "dense_ms", "sparse_ms", "speedup", match...}],
-         "predict": {"images", "batch_size", "dense_ms", "sparse_ms", "speedup"}}.
+         "predict": {"images", "batch_size", "statistic", "dense_ms", "sparse_ms",
+                     "speedup", "dataset_dense_ms", "dataset_sparse_ms",
+                     "dataset_speedup", ...}}.
     """
     rng = np.random.default_rng(seed)
     shape = tuple(dense.input_shape[1:])
@@ -819,7 +821,8 @@ def bench_models(names: Sequence[str], image_size: int, batches: Sequence[int], 
                      "uniform_sparsity": uniform_sparsity,
                      "dense": "TFMOT-pruned, stripped tf_keras model",
                      "sparse": f"escort_tf.convert(dense, min_sparsity=0.5, autotune={autotune})",
-                     "speedup": "dense_ms / sparse_ms (median times)",
+                     "speedup": "dense_ms / sparse_ms: medians for model calls; for predict "
+                                "see each model's predict.statistic and dataset_* entries",
                      **profile},
         "models": models,
     }
