@@ -2,6 +2,7 @@
 // Escort>CsrConv2D.
 #include "cc/tf/csr_conv_kernels.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -109,6 +110,9 @@ class CsrConv2DCpuOp : public CsrConv2DOpBase {
       : CsrConv2DOpBase(context) {}
 
   void Compute(OpKernelContext* context) override {
+    thread::ThreadPool* const pool =
+        context->device()->tensorflow_cpu_worker_threads()->workers;
+    WakePoolThreads(pool, RoughCycles(context, in_channels()));
     escort::ConvGeometry geometry;
     Tensor* output = nullptr;
     OP_REQUIRES_OK(context, ValidateAndAllocate(context, &geometry, &output));
@@ -124,8 +128,7 @@ class CsrConv2DCpuOp : public CsrConv2DOpBase {
                                   DT_FLOAT, output->shape(), &float_output));
     }
 
-    const escort::ParallelFor parallel_for = PoolParallelFor(
-        context->device()->tensorflow_cpu_worker_threads()->workers);
+    const escort::ParallelFor parallel_for = PoolParallelFor(pool);
     escort::CsrConv2DCpu(
         geometry, input.flat<float>().data(),
         context->input(1).flat<int32_t>().data(),
@@ -136,6 +139,19 @@ class CsrConv2DCpuOp : public CsrConv2DOpBase {
     if constexpr (!std::is_same_v<T, float>) {
       output->flat<T>() = float_output.flat<float>().template cast<T>();
     }
+  }
+
+ private:
+  // The kernel's cycles, roughly, before anything is validated (for
+  // WakePoolThreads): an FMA per nonzero per 8 input positions, as many as
+  // the output's at stride 1. Reads only sizes, so any input is safe.
+  static int64_t RoughCycles(OpKernelContext* context, int64_t in_channels) {
+    const double positions =
+        static_cast<double>(context->input(0).NumElements()) /
+        static_cast<double>(std::max<int64_t>(1, in_channels));
+    const double cycles =
+        positions * static_cast<double>(context->input(3).NumElements()) / 8;
+    return static_cast<int64_t>(std::min(cycles, 1e18));
   }
 };
 

@@ -25,6 +25,7 @@ class CsrConv2DOpBase : public OpKernel {
                            escort::ConvGeometry* geometry, Tensor** output);
 
   escort::Activation activation() const { return activation_; }
+  int64_t in_channels() const { return filter_shape_[2]; }
 
  private:
   escort::ConvAttrs attrs_;

@@ -46,15 +46,27 @@ struct SharedSlices {
   absl::Notification all_finished;
 };
 
+// Threads worth waking for `total_cost` cycles: the pool's, unless that
+// much work would not repay waking them.
+int64_t ThreadsToUse(thread::ThreadPool* pool, int64_t total_cost) {
+  return std::clamp<int64_t>(total_cost / kMinCyclesPerSlice, 1,
+                             pool->NumThreads());
+}
+
 }  // namespace
+
+void WakePoolThreads(thread::ThreadPool* pool, int64_t total_cost) {
+  const int64_t threads = ThreadsToUse(pool, total_cost);
+  if (threads < 2) return;
+  for (int64_t task = 0; task < threads; ++task) pool->Schedule([] {});
+}
 
 escort::ParallelFor PoolParallelFor(thread::ThreadPool* pool) {
   return [pool](int64_t num_units, int64_t cost_per_unit,
                 const std::function<void(int64_t, int64_t)>& work) {
     const int64_t threads = pool->NumThreads();
     const int64_t total_cost = num_units * cost_per_unit;
-    int64_t num_slices =
-        std::clamp<int64_t>(total_cost / kMinCyclesPerSlice, 1, threads);
+    int64_t num_slices = ThreadsToUse(pool, total_cost);
     if (num_slices == threads) {
       num_slices = std::clamp<int64_t>(total_cost / kBalancedSliceCycles,
                                        threads, kSlicesPerThread * threads);
