@@ -20,7 +20,7 @@ import torch
 import escort_gpu as eg
 
 CONFIG_SPACE = dict(pt=(2, 4, 8, 16), kw=(1, 2, 4), warps=(4, 8), nb=(1, 2, 4, 8, 16, 32),
-                    cc=(1, 2, 4, 8, 16, 32, 64, 128))
+                    cc=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
 
 
 FAST_INSTANCES = ((4, 2, 4), (4, 4, 4), (8, 2, 4), (8, 4, 4), (8, 2, 8), (8, 4, 8), (16, 1, 8),
@@ -164,6 +164,13 @@ def main():
         dict(N=3, H=27, W=27, C=96, K=256, R=5, S=5, stride=(2, 2), dilation=(1, 1),
              padding="SAME", explicit=((0, 0), (0, 0)), density=0.144, empty_rows=0.0, nhwc=False,
              bias=False, activation="none"),
+        # Batch 1 with C not a power of two and above 128: one chunk of 512 channels.
+        dict(N=1, H=13, W=13, C=384, K=384, R=3, S=3, stride=(1, 1), dilation=(1, 1),
+             padding="SAME", explicit=((0, 0), (0, 0)), density=0.082, empty_rows=0.0, nhwc=True,
+             bias=True, activation="relu"),
+        dict(N=1, H=7, W=7, C=512, K=64, R=3, S=3, stride=(1, 1), dilation=(1, 1),
+             padding="SAME", explicit=((0, 0), (0, 0)), density=0.02, empty_rows=0.0, nhwc=False,
+             bias=True, activation="relu6"),
     ]
     cases = fixed + [random_case(rng, args.small) for _ in range(args.cases)]
     failures = 0

@@ -10,7 +10,9 @@
 //     images x tile_h x tile_w output pixels. Per chunk of input channels it
 //     stages the input tile with its halo into shared memory as
 //     [c][y][x][image] (zero-filled outside the image: implicit padding,
-//     any stride and dilation), double-buffered with cp.async.
+//     any stride and dilation), double-buffered with cp.async. At batch 1
+//     one chunk usually holds every channel: one buffer, no chunk
+//     pipeline, and a preload without bucketing.
 //   * A warp walks the nonzeros of one output channel whose input channel
 //     lies in the chunk. Every lane holds PT (image, pixel) slots of that
 //     channel in registers, so each nonzero is one broadcast shared load of
@@ -57,6 +59,16 @@ namespace {
 
 constexpr int kMaxSmemBytes = 227 * 1024;  // opt-in limit per block, sm_80+.
 constexpr int kSmemPerSm = 228 * 1024;
+// Channels per tap that one per-chunk list covers (the path without the
+// preload): chunks beyond it run in windows, so that a one-chunk tile of a
+// wide layer does not need lists for all its channels.
+constexpr int kListChannels = 128;
+
+// n / d for 0 <= n < 2^31 as a multiply-high and a shift (see Divide).
+struct FastDivisor {
+  unsigned magic;
+  int shift;
+};
 
 struct Params {
   const float* input;
@@ -66,9 +78,10 @@ struct Params {
   const float* bias;
   float* output;
   int N, H, W, C, K, R, S, P, Q;
-  // Division by C as a multiply-high (see DivideByC).
-  unsigned c_magic;
-  int c_shift;
+  // The kernel's divisors (see Divide): C (filter columns, per nonzero in
+  // the preload), S, tiw, tw (tap and pixel tables), split, k_groups,
+  // tiles_q, tiles_p (block index).
+  FastDivisor div_c, div_s, div_tiw, div_tw, div_split, div_kg, div_tq, div_tp;
   int stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left;
   int nhwc, activation;
   // Tile.
@@ -90,7 +103,7 @@ struct Params {
   int split;
   // Warps per output channel (row parts; warp = part * warps + channel
   // warp), and the floats between two parts' partial tiles.
-  int log_warps, parts, part_floats;
+  int log_warps, parts, log_parts, part_floats;
 };
 
 // cp.async exists from sm_80 on; sm_75 stages synchronously (the barrier
@@ -132,13 +145,14 @@ __device__ __forceinline__ const float* AddWords(const float* base,
   asm("mad.wide.u32 %0, %1, 4, %2;\n" : "=l"(r) : "r"(words), "l"(base));
   return r;
 }
-// n / C for 0 <= n < 2^31 (a filter column: tap * C + channel) in three
-// instructions instead of the ~20 of an integer division, which the preload
-// ran twice per nonzero. Round-up multiplier method (Granlund & Montgomery,
-// as CUTLASS's FastDivmod); c_magic and c_shift come from FastDivisor.
-__device__ __forceinline__ int DivideByC(const Params& p, int n) {
+// n / d for 0 <= n < 2^31 in three instructions instead of the ~20 of an
+// integer division (the preload divides each nonzero's column by C; a
+// batch-1 block's prologue chains four divisions for its index and one per
+// table entry). Round-up multiplier method (Granlund & Montgomery, as
+// CUTLASS's FastDivmod); the divisor comes from MakeFastDivisor.
+__device__ __forceinline__ int Divide(FastDivisor d, int n) {
   const unsigned u = static_cast<unsigned>(n);
-  return static_cast<int>((__umulhi(u, p.c_magic) + u) >> p.c_shift);
+  return static_cast<int>((__umulhi(u, d.magic) + u) >> d.shift);
 }
 // A 32-bit shared address plus an immediate keeps the hot loop at one add
 // per row of slots.
@@ -182,31 +196,36 @@ __device__ __forceinline__ void CpAsyncWait() {
 // bounds test and one 64-bit address serve up to 4 copies: about 4.5
 // instructions per copied float, against 22 for a loop of one float per
 // iteration. (One loop for every stage_kc: separate instances of it raised
-// the kernel's register count by 30.)
+// the kernel's register count by 30.) The 2^log_nq channel blocks go to
+// groups of warps; a chunk of more than 32 x warps channels (one chunk for
+// the whole input at batch 1) has more blocks than warps, and each warp
+// then takes several.
 __device__ __forceinline__ void StageNhwc(const Params& p, uint32_t buf,
                                           const int* stab, int c0) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int nw = blockDim.x >> 5, nq = 1 << p.log_nq;
   const int cl = 1 << p.log_cl;
   const int j = lane & (cl - 1);
-  const int q = warp & ((1 << p.log_nq) - 1);
-  const int c = q * cl * p.stage_kc + j;  // first channel of this thread
-  // This thread's channels that exist (they are cl apart).
-  const int kc = min(p.stage_kc, (p.C - c0 - c + cl - 1) >> p.log_cl);
-  if (kc <= 0) return;
   const int m_warp = 32 >> p.log_cl;
-  const int m_step = ((blockDim.x >> 5) >> p.log_nq) * m_warp;
-  const float* src = p.input + (c0 + c);
+  const int m_step = max(nw >> p.log_nq, 1) * m_warp;
   const uint32_t d_stride = 4u * cl * p.chan_pitch;
-  int m = (warp >> p.log_nq) * m_warp + (lane >> p.log_cl);
-  uint32_t dst = buf + 4u * (c * p.chan_pitch + m);
+  for (int q = warp & (nq - 1); q < nq; q += nw) {
+    const int c = q * cl * p.stage_kc + j;  // first channel of this thread
+    // This thread's channels that exist (they are cl apart).
+    const int kc = min(p.stage_kc, (p.C - c0 - c + cl - 1) >> p.log_cl);
+    if (kc <= 0) return;  // So are those of its later blocks.
+    const float* src = p.input + (c0 + c);
+    int m = (warp >> p.log_nq) * m_warp + (lane >> p.log_cl);
+    uint32_t dst = buf + 4u * (c * p.chan_pitch + m);
 #pragma unroll 1
-  for (; m < p.nbti; m += m_step, dst += 4u * m_step) {
-    const int g = stab[m];
-    const float* s = AddWords(src, max(g, 0));
-    CpAsync4At<0>(dst, s, g);
-    if (kc > 1) CpAsync4At<32>(dst + d_stride, s, g);
-    if (kc > 2) CpAsync4At<64>(dst + 2 * d_stride, s, g);
-    if (kc > 3) CpAsync4At<96>(dst + 3 * d_stride, s, g);
+    for (; m < p.nbti; m += m_step, dst += 4u * m_step) {
+      const int g = stab[m];
+      const float* s = AddWords(src, max(g, 0));
+      CpAsync4At<0>(dst, s, g);
+      if (kc > 1) CpAsync4At<32>(dst + d_stride, s, g);
+      if (kc > 2) CpAsync4At<64>(dst + 2 * d_stride, s, g);
+      if (kc > 3) CpAsync4At<96>(dst + 3 * d_stride, s, g);
+    }
   }
 }
 
@@ -219,13 +238,14 @@ __device__ __forceinline__ void StageChunk(const Params& p, float* buf,
     StageNhwc(p, static_cast<uint32_t>(__cvta_generic_to_shared(buf)), stab,
               c0);
   } else {
-    // Position fastest: runs along w are contiguous in NCHW.
+    // Position fastest: runs along w are contiguous in NCHW. Channels past
+    // C are not staged (the buffer ends at C).
     const int hw = p.H * p.W;
     int c = tid / p.nbti, m = tid - c * p.nbti;
-    const int total = p.cc * p.nbti;
+    const int total = min(p.cc, p.C - c0) * p.nbti;
     for (int e = tid; e < total; e += nthreads) {
       const int g = stab[m];
-      const bool ok = c0 + c < p.C && g >= 0;
+      const bool ok = g >= 0;
       CpAsync4(buf + c * p.chan_pitch + m,
                ok ? p.input + g + (c0 + c) * hw : p.input, ok);
       m += nthreads;
@@ -300,6 +320,40 @@ __device__ __forceinline__ int BuildList(const Params& p, int* cur,
   return n;
 }
 
+// A lane's N CSR entries first, first + 32, ...: all loads issued before
+// any is used, so a row costs one load latency per N rounds. Entries at or
+// past `end` read as column 0, weight 0.
+template <int N>
+__device__ __forceinline__ void LoadEntries(const Params& p, int first,
+                                            int end, int (&cols)[N],
+                                            float (&vals)[N]) {
+#pragma unroll
+  for (int u = 0; u < N; ++u) {
+    const int idx = first + u * 32;
+    cols[u] = idx < end ? __ldg(p.column_indices + idx) : 0;
+    vals[u] = idx < end ? __ldg(p.values + idx) : 0.f;
+  }
+}
+
+// acc[i] += w * (slot i at the entry's offset) over a list's n entries.
+// Unrolled 4 deep: at batch 1 a warp's chain waits on each entry's two
+// dependent shared loads (entry, then slots), and four entries in flight
+// hide more of that latency than two.
+template <int PT, int PC>
+__device__ __forceinline__ void RunList(float (&acc)[PT],
+                                        const uint32_t (&base)[PC > 1 ? PT / PC : PT],
+                                        const int2* list, int n) {
+#pragma unroll 4
+  for (int e = 0; e < n; ++e) {
+    const int2 ow = list[e];
+    const float w = __int_as_float(ow.y);
+    float x[PT];  // All PT loads in flight before the first FMA.
+    LoadSlots<PT, PC>(x, base, ow.x);
+#pragma unroll
+    for (int i = 0; i < PT; ++i) acc[i] = fmaf(w, x[i], acc[i]);
+  }
+}
+
 // Output element `index` of the block's tile: the sum of its row parts'
 // partials, and with a split of every cluster rank's, in a fixed order.
 __device__ __forceinline__ float TileValue(const Params& p, float* ob,
@@ -356,21 +410,23 @@ __global__ void __launch_bounds__(MaxThreads(PT, KW), 1)
   // Block -> (cluster rank fastest: consecutive blocks form a cluster,
   // then k group, so blocks sharing an input tile run together and hit L2,
   // then q tile, p tile, image group).
-  const int rank = blockIdx.x % p.split;
-  int bid = blockIdx.x / p.split;
-  const int kg = bid % p.k_groups;
-  bid /= p.k_groups;
-  const int tq = bid % p.tiles_q;
-  bid /= p.tiles_q;
-  const int tp = bid % p.tiles_p;
-  const int tn = bid / p.tiles_p;
+  int bid = Divide(p.div_split, blockIdx.x);
+  const int rank = blockIdx.x - bid * p.split;
+  int next = Divide(p.div_kg, bid);
+  const int kg = bid - next * p.k_groups;
+  bid = next;
+  next = Divide(p.div_tq, bid);
+  const int tq = bid - next * p.tiles_q;
+  bid = next;
+  const int tn = Divide(p.div_tp, bid);
+  const int tp = bid - tn * p.tiles_p;
   const int n0 = tn * p.nb, p0 = tp * p.th, q0 = tq * p.tw;
   const int kb = 1 << p.log_kb;
   const int k_warp = kg * kb + cw * KW;
 
   // Tables shared by every chunk.
   for (int t = tid; t < rs; t += nthreads) {
-    const int r = t / p.S, s = t - r * p.S;
+    const int r = Divide(p.div_s, t), s = t - r * p.S;
     tapoff[t] = ((r * p.dilation_h * p.tiw + s * p.dilation_w) << p.log_nb) * 4;
   }
   const int h0 = p0 * p.stride_h - p.pad_top;
@@ -378,7 +434,7 @@ __global__ void __launch_bounds__(MaxThreads(PT, KW), 1)
   for (int m = tid; m < p.nbti; m += nthreads) {
     const int n = n0 + (m & (p.nb - 1));
     const int pix = m >> p.log_nb;
-    const int y = pix / p.tiw, x = pix - y * p.tiw;
+    const int y = Divide(p.div_tiw, pix), x = pix - y * p.tiw;
     const int h = h0 + y, w = w0 + x;
     int g = -1;
     if (n < p.N && h >= 0 && h < p.H && w >= 0 && w < p.W) {
@@ -390,7 +446,7 @@ __global__ void __launch_bounds__(MaxThreads(PT, KW), 1)
   for (int sl = tid; sl < nslots; sl += nthreads) {
     const int n = n0 + (sl & (p.nb - 1));
     const int pix = sl >> p.log_nb;
-    const int py = pix / p.tw, px = pix - py * p.tw;
+    const int py = Divide(p.div_tw, pix), px = pix - py * p.tw;
     const int op = p0 + py, oq = q0 + px;
     int o = -1;
     if (n < p.N && op < p.P && oq < p.Q) {
@@ -401,8 +457,8 @@ __global__ void __launch_bounds__(MaxThreads(PT, KW), 1)
   }
 
   // This block's chunks.
-  const int ch_begin = rank * p.nch / p.split;
-  const int ch_end = (rank + 1) * p.nch / p.split;
+  const int ch_begin = Divide(p.div_split, rank * p.nch);
+  const int ch_end = Divide(p.div_split, (rank + 1) * p.nch);
 
   // Preload: when the block's rows fit, bucket them once by input-channel
   // chunk into shared memory, already decoded (byte offset of the tap and
@@ -428,9 +484,34 @@ __global__ void __launch_bounds__(MaxThreads(PT, KW), 1)
       const int row_len = __ldg(p.row_offsets + k + 1) - row_b;
       // This warp's part of the row; parts are contiguous, so the pool
       // keeps the rows' layout and each part its own chunk starts.
-      const int rb = row_b + part * row_len / p.parts;
-      const int re = row_b + (part + 1) * row_len / p.parts;
+      const int rb = row_b + ((part * row_len) >> p.log_parts);
+      const int re = row_b + (((part + 1) * row_len) >> p.log_parts);
       int* st = starts + (warp * KW + kk) * (p.nch + 1);
+      if (p.nch == 1) {
+        // One chunk (the whole input staged at once): the entries keep
+        // their row order, so one pass decodes them in place, without the
+        // counting pass and the prefix over chunks.
+        if (lane == 0) {
+          st[0] = rb - block_base;
+          st[1] = re - block_base;
+        }
+        for (int i0 = rb; i0 < re; i0 += 32 * kPre) {
+          int cols[kPre];
+          float vals[kPre];
+          LoadEntries(p, i0 + lane, re, cols, vals);
+#pragma unroll
+          for (int u = 0; u < kPre; ++u) {
+            const int idx = i0 + u * 32 + lane;
+            if (idx < re) {
+              const int t = Divide(p.div_c, cols[u]);
+              pool[idx - block_base] =
+                  make_int2((cols[u] - t * p.C) * p.chan_pitch * 4 + tapoff[t],
+                            __float_as_int(vals[u]));
+            }
+          }
+        }
+        continue;
+      }
       for (int h = lane; h <= p.nch; h += 32) st[h] = 0;
       __syncwarp();
       // Pass 1: entries per chunk. Each lane loads kPre entries before
@@ -445,7 +526,7 @@ __global__ void __launch_bounds__(MaxThreads(PT, KW), 1)
         }
 #pragma unroll
         for (int u = 0; u < kPre; ++u) {
-          const int t = DivideByC(p, cols[u]);
+          const int t = Divide(p.div_c, cols[u]);
           const int h = (cols[u] - t * p.C) >> p.log_cc;
           const bool ok = i0 + u * 32 + lane < re && h >= ch_begin && h < ch_end;
           const unsigned active = __ballot_sync(0xffffffffu, ok);
@@ -470,15 +551,10 @@ __global__ void __launch_bounds__(MaxThreads(PT, KW), 1)
       for (int i0 = rb; i0 < re; i0 += 32 * kPre) {
         int cols[kPre];
         float vals[kPre];
+        LoadEntries(p, i0 + lane, re, cols, vals);
 #pragma unroll
         for (int u = 0; u < kPre; ++u) {
-          const int idx = i0 + u * 32 + lane;
-          cols[u] = idx < re ? __ldg(p.column_indices + idx) : 0;
-          vals[u] = idx < re ? __ldg(p.values + idx) : 0.f;
-        }
-#pragma unroll
-        for (int u = 0; u < kPre; ++u) {
-          const int t = DivideByC(p, cols[u]);
+          const int t = Divide(p.div_c, cols[u]);
           const int c = cols[u] - t * p.C;
           const int h = c >> p.log_cc;
           const bool ok = i0 + u * 32 + lane < re && h >= ch_begin && h < ch_end;
@@ -520,7 +596,7 @@ __global__ void __launch_bounds__(MaxThreads(PT, KW), 1)
   // first chunk (binary search, one lane per tap).
   // Without the preload each row runs whole in its part-0 warp.
   int* my_cur = cursors + cw * KW * rs;
-  int2* my_list = lists + cw * rs * p.cc;
+  int2* my_list = lists + cw * rs * min(min(p.cc, p.C), kListChannels);
   int row_end[KW];
 #pragma unroll
   for (int kk = 0; kk < KW; ++kk) {
@@ -559,7 +635,7 @@ __global__ void __launch_bounds__(MaxThreads(PT, KW), 1)
   for (int b = 0; b < kBases; ++b) {
     int pix = PC > 1 ? g_l + b * p.tw : g_l + g_step * b;
     if (pix >= tile_pixels) pix = 0;  // Spare slot: computes, never stored.
-    const int py = pix / p.tw, px = pix - py * p.tw;
+    const int py = Divide(p.div_tw, pix), px = pix - py * p.tw;
     base[b] = region_addr +
               4u * (((py * p.stride_h * p.tiw + px * p.stride_w) << p.log_nb) +
                     n_l);
@@ -594,31 +670,27 @@ __global__ void __launch_bounds__(MaxThreads(PT, KW), 1)
 #pragma unroll
     for (int kk = 0; kk < KW; ++kk) {
       if (k_warp + kk < p.K) {
-        const int2* list;
-        int n;
-        if (preload) {
-          const int* st = starts + (warp * KW + kk) * (p.nch + 1);
-          list = pool + st[ch];
-          n = st[ch + 1] - st[ch];
-        } else if (part == 0) {
-          n = BuildList(p, my_cur + kk * rs, tapoff, my_list, row_end[kk], c0,
-                        clen, buf_bytes, lane);
-          list = my_list;
-          __syncwarp();
-        } else {
-          list = my_list;
-          n = 0;
-        }
-#pragma unroll 2
-        for (int e = 0; e < n; ++e) {
-          const int2 ow = list[e];
-          const float w = __int_as_float(ow.y);
-          float x[PT];  // All PT loads in flight before the first FMA.
-          LoadSlots<PT, PC>(x, base, ow.x);
-#pragma unroll
-          for (int i = 0; i < PT; ++i) acc[kk][i] = fmaf(w, x[i], acc[kk][i]);
-        }
-        __syncwarp();
+        // Without the preload a list holds at most kListChannels channels
+        // per tap: larger chunks are built and run in windows of channels.
+        // Both paths share one inlined copy of the hot loop.
+        int w0 = 0;
+        do {
+          const int2* list = my_list;
+          int n = 0;
+          if (preload) {
+            const int* st = starts + (warp * KW + kk) * (p.nch + 1);
+            list = pool + st[ch];
+            n = st[ch + 1] - st[ch];
+          } else if (part == 0) {
+            n = BuildList(p, my_cur + kk * rs, tapoff, my_list, row_end[kk], c0 + w0,
+                          min(kListChannels, clen - w0),
+                          buf_bytes + w0 * p.chan_pitch * 4, lane);
+            __syncwarp();
+          }
+          RunList<PT, PC>(acc[kk], base, list, n);
+          __syncwarp();  // Before the next list overwrites this one.
+          w0 += kListChannels;
+        } while (!preload && part == 0 && w0 < clen);
       }
     }
     __syncthreads();  // Before the next stage overwrites this buffer.
@@ -645,8 +717,8 @@ __global__ void __launch_bounds__(MaxThreads(PT, KW), 1)
     // Channel fastest: consecutive threads write consecutive channels. With
     // a split each rank stores its share of the tile.
     const int total = nslots << p.log_kb;
-    const int e_end = (rank + 1) * total / p.split;
-    for (int e = rank * total / p.split + tid; e < e_end; e += nthreads) {
+    const int e_end = Divide(p.div_split, (rank + 1) * total);
+    for (int e = Divide(p.div_split, rank * total) + tid; e < e_end; e += nthreads) {
       const int kl = e & (kb - 1), sl = e >> p.log_kb;
       const int k = k_block + kl;
       const int o = otab[sl];
@@ -660,8 +732,8 @@ __global__ void __launch_bounds__(MaxThreads(PT, KW), 1)
     }
   } else {
     const int pq = p.P * p.Q;
-    const int kl_end = (rank + 1) * kb / p.split;
-    for (int kl = rank * kb / p.split + warp; kl < kl_end;
+    const int kl_end = Divide(p.div_split, (rank + 1) * kb);
+    for (int kl = Divide(p.div_split, rank * kb) + warp; kl < kl_end;
          kl += nthreads >> 5) {
       const int k = k_block + kl;
       if (k >= p.K) break;
@@ -704,14 +776,16 @@ int Log2(int v) {
 }
 bool IsPow2(int v) { return v > 0 && (v & (v - 1)) == 0; }
 
-// Multiplier and shift of DivideByC for a divisor d >= 1: shift =
+// Multiplier and shift of Divide for a divisor d >= 1: shift =
 // ceil(log2(d)), magic = 2^32 * (2^shift - d) / d + 1 (exact quotients for
 // every numerator below 2^31).
-void FastDivisor(uint32_t d, unsigned* magic, int* shift) {
+FastDivisor MakeFastDivisor(int64_t d) {
+  FastDivisor f;
   int s = 0;
-  while ((uint64_t{1} << s) < d) ++s;
-  *shift = s;
-  *magic = static_cast<unsigned>(((uint64_t{1} << 32) * ((uint64_t{1} << s) - d)) / d + 1);
+  while ((int64_t{1} << s) < d) ++s;
+  f.shift = s;
+  f.magic = static_cast<unsigned>(((uint64_t{1} << 32) * ((uint64_t{1} << s) - d)) / d + 1);
+  return f;
 }
 
 struct Layout {
@@ -732,15 +806,17 @@ Layout MakeLayout(const ConvGeometry& g, const CsrConvGpuConfig& c,
   // NHWC staging writes 8 channels x 4 positions per instruction (see
   // StageNhwc): a pitch of 4 x odd floats spreads those over all 32 banks.
   l.chan_pitch = AlignUp(l.nbti + 4, 8) - 4;
-  l.tile_floats = c.chunk_c * l.chan_pitch;
+  // Channels past C are never staged.
+  l.tile_floats = static_cast<int>(std::min<int64_t>(c.chunk_c, g.C)) * l.chan_pitch;
+  l.nch = static_cast<int>((g.C + c.chunk_c - 1) / c.chunk_c);
   const int nslots = c.images * c.tile_h * c.tile_w;
   // Odd: the NHWC epilogue's loads walk this stride across lanes.
   l.slot_pitch = nslots | 1;
   const int kb = c.warps * c.channels_per_warp;
-  const int region = std::max(2 * l.tile_floats, c.row_parts * kb * l.slot_pitch);
+  // One chunk needs no second buffer.
+  const int region = std::max((l.nch > 1 ? 2 : 1) * l.tile_floats,
+                              c.row_parts * kb * l.slot_pitch);
   int off = AlignUp(region * 4, 16);
-  l.lists_off = off;
-  off += c.warps * rs * c.chunk_c * 8;
   l.cursors_off = off;
   off += c.warps * c.channels_per_warp * rs * 4;
   l.tapoff_off = off;
@@ -749,7 +825,6 @@ Layout MakeLayout(const ConvGeometry& g, const CsrConvGpuConfig& c,
   off += l.nbti * 4;
   l.otab_off = off;
   off += nslots * 4;
-  l.nch = static_cast<int>((g.C + c.chunk_c - 1) / c.chunk_c);
   l.pool_cap = 0;
   if (c.preload && l.nch <= 64 && g.K > 0) {
     // Room for 1.25x the block's expected entries; a block whose rows are
@@ -757,12 +832,18 @@ Layout MakeLayout(const ConvGeometry& g, const CsrConvGpuConfig& c,
     const double mean = static_cast<double>(nnz) / g.K * kb;
     l.pool_cap = static_cast<int>(std::min<double>(1.25 * mean + 64, 1 << 20));
   }
+  // A block uses either the per-chunk lists or the preloaded pool and its
+  // chunk starts, never both: they share one section.
   off = AlignUp(off, 8);
+  l.lists_off = off;
   l.pool_off = off;
-  off += l.pool_cap * 8;
-  l.starts_off = off;
-  off += l.pool_cap > 0 ? c.row_parts * kb * (l.nch + 1) * 4 : 0;
-  l.smem_bytes = AlignUp(off, 16);
+  l.starts_off = off + l.pool_cap * 8;
+  const int list_channels =
+      static_cast<int>(std::min<int64_t>(std::min(c.chunk_c, kListChannels), g.C));
+  const int lists_end = off + c.warps * rs * list_channels * 8;
+  const int pool_end =
+      l.starts_off + (l.pool_cap > 0 ? c.row_parts * kb * (l.nch + 1) * 4 : 0);
+  l.smem_bytes = AlignUp(std::max(lists_end, pool_end), 16);
   return l;
 }
 
@@ -781,8 +862,7 @@ bool ConfigValid(const ConvGeometry& g, const CsrConvGpuConfig& c,
        c.tile_h != pt / c.row_slots)) {
     return false;
   }
-  if (!IsPow2(c.chunk_c) || c.chunk_c > 128 || c.chunk_c > 32 * c.warps)
-    return false;
+  if (!IsPow2(c.chunk_c) || c.chunk_c > 512) return false;
   if (c.tile_h < 1 || c.tile_w < 1) return false;
   if (static_cast<int64_t>(c.images) * c.tile_h * c.tile_w > 32 * pt)
     return false;
@@ -886,13 +966,15 @@ constexpr double kCostModel[5] = {86.0, 5.94, 16.8, 1.1, 3.99};
 //                  + [9] * channels_per_warp * chunks without the preload),
 //   n_w = hot-loop instructions + [8] * extra shared-load wavefronts (bank
 //         conflicts) + [4] * staging instructions + [5] * preload rounds
+//         ([10] with one chunk: one pass, no bucketing)
 //         + list-building instructions + [6]   (per warp)
-// fitted (least squares on log time, 6,000 tiles of the ten benchmark
-// layers, 9% rms error) to the H100 batch-1 sweeps in
-// benchmarks/results/gpu_b1_sweep*.json.
-constexpr double kLatencyModel[10] = {2.427,  1.089e-3, 0.3766, 1.102e-4,
+// [0]-[9] fitted (least squares on log time, 6,000 tiles of the ten
+// benchmark layers, 9% rms error) to the H100 batch-1 sweeps in
+// benchmarks/results/gpu_b1_sweep*.json; [10] alone to 438 tiles around the
+// heuristic's (benchmarks/results/gpu_b1_one_chunk_sweep.json).
+constexpr double kLatencyModel[11] = {2.427,  1.089e-3, 0.3766, 1.102e-4,
                                       2.744,  86.68,    849.6,  0.1226,
-                                      2.228,  0.1618};
+                                      2.228,  0.1618,   31.9};
 // Cycles per microsecond (H100 boost clock) and the factor from the
 // throughput model's cycles to measured ones (1.6-2.9 at batch 32), to put
 // the two estimates on one scale.
@@ -954,20 +1036,26 @@ double EstimateCost(const ConvGeometry& g, double density, int64_t nnz,
   const double entries = rs * clen * density;
   const double adds = c.row_slots > 1 ? pt / c.row_slots : pt;
   const double per_tap = clen * density;
+  // Without the preload: per chunk and tap group, a list round per
+  // kListChannels window and one per four entries of a tap.
+  const double windows = std::ceil(clen / kListChannels);
   const double rounds = l.pool_cap > 0 ? 0.0
-                       : std::ceil(rs / 32.0) * (1.0 + per_tap / 4.0 + 0.5);
+                       : std::ceil(rs / 32.0) * (1.5 * windows + per_tap / 4.0);
   const double issue_warp_chunk =
       c.channels_per_warp * (entries * (2.0 * pt + adds + 4.0) + rounds * 45.0 + 20.0);
   const double lds_warp_chunk = c.channels_per_warp * (entries * (pt + 1.0) + rounds * 6.0);
-  const double staging = c.chunk_c * static_cast<double>(l.nbti) / 32.0;
+  const double staging = clen * l.nbti / 32.0;
   // kCostModel[1] was fitted to a copy loop of 22 instructions per float;
   // StageNhwc issues about 14 / kc + 2 (kc channels per thread).
   const int kc = std::min(4, c.chunk_c / std::min(c.chunk_c, 8));
   const double staging_scale =
       g.data_format == DataFormat::kNHWC ? (14.0 / kc + 2.0) / 22.0 : 1.0;
-  // Preloading reads each row once, coalesced, in two bucketing passes.
+  // Preloading reads each row once, coalesced, in two bucketing passes (one
+  // where there is one chunk).
   const double preload =
-      l.pool_cap > 0 ? 2.0 * kCostModel[3] * kb * (rs * g.C * density) / 32.0 : 0.0;
+      l.pool_cap > 0
+          ? (l.nch == 1 ? 1.0 : 2.0) * kCostModel[3] * kb * (rs * g.C * density) / 32.0
+          : 0.0;
   // Epilogue: each rank stores 1/split of the tile, reading split partials.
   const double tile_words = static_cast<double>(kb) * c.images * c.tile_h * c.tile_w;
   const double cluster_cycles = c.split_c > 1 ? kSplitCycles : 0.0;
@@ -1012,7 +1100,7 @@ double EstimateCost(const ConvGeometry& g, double density, int64_t nnz,
       ? c.channels_per_warp * 2.0 * std::ceil(part_len * nch / nch_all / 128.0) * 4.0
       : 0.0;
   const double n_w = hot * nch / nch_all + kLatencyModel[4] * stage_w +
-                     kLatencyModel[5] * pre_w + kLatencyModel[6];
+                     kLatencyModel[nch_all == 1 ? 10 : 5] * pre_w + kLatencyModel[6];
   const double waves = static_cast<double>((per_sm + occ - 1) / occ);
   const double latency =
       kCyclesPerMicro *
@@ -1058,7 +1146,7 @@ CsrConvGpuConfig ChooseCsrConvGpuConfig(const ConvGeometry& g, int64_t nnz,
       // barrier and a cp.async wait per few nonzeros); smaller only for
       // tiny C or when shared memory forces it (the loop's last resort).
       const int min_cc = static_cast<int>(std::min<int64_t>(8, std::max<int64_t>(g.C, 1)));
-      for (int cc = 1; cc <= 128; cc *= 2) {
+      for (int cc = 1; cc <= 512; cc *= 2) {
         if (cc < min_cc && best_cost < 1e30) continue;
         c.chunk_c = cc;
         if (ConfigValid(g, c, nnz)) {
@@ -1182,7 +1270,14 @@ cudaError_t CsrConv2DGpuWithConfig(const ConvGeometry& g, const float* input,
   p.starts_off = l.starts_off;
   p.nch = l.nch;
   p.split = c.split_c;
-  FastDivisor(static_cast<uint32_t>(g.C), &p.c_magic, &p.c_shift);
+  p.div_c = MakeFastDivisor(g.C);
+  p.div_s = MakeFastDivisor(g.S);
+  p.div_tiw = MakeFastDivisor(l.tiw);
+  p.div_tw = MakeFastDivisor(c.tile_w);
+  p.div_split = MakeFastDivisor(c.split_c);
+  p.div_kg = MakeFastDivisor(p.k_groups);
+  p.div_tq = MakeFastDivisor(p.tiles_q);
+  p.div_tp = MakeFastDivisor(p.tiles_p);
   p.log_warps = Log2(c.warps);
   // StageNhwc: 8 channel lanes (fewer only below 8 channels), up to 4
   // channels per thread, the rest in blocks of warps.
@@ -1191,6 +1286,7 @@ cudaError_t CsrConv2DGpuWithConfig(const ConvGeometry& g, const float* input,
   p.stage_kc = std::min(4, c.chunk_c / cl);
   p.log_nq = Log2(c.chunk_c / (cl * p.stage_kc));
   p.parts = c.row_parts;
+  p.log_parts = Log2(c.row_parts);
   p.part_floats = kb * l.slot_pitch;
   const int64_t blocks64 = static_cast<int64_t>((g.N + c.images - 1) / c.images) *
                            p.tiles_p * p.tiles_q * p.k_groups * c.split_c;

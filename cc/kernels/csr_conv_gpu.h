@@ -37,8 +37,7 @@ cudaError_t CsrConv2DGpu(const ConvGeometry& geometry, const float* input,
 // `chunk_c` at a time. Valid values:
 //   (pixels_per_lane, channels_per_warp, row_slots) one of the instances
 //   listed in csr_conv_gpu.cu, warps in {4, 8}, images and chunk_c powers
-//   of two, images <= 32, chunk_c <= min(128, 32 * warps), row_parts as
-//   below.
+//   of two, images <= 32, chunk_c <= 512, row_parts as below.
 // row_slots 1 is the general path (any stride). row_slots > 1 is the fast
 // path for stride_w 1: a lane's slots form rows of row_slots pixels, so
 // tile_w must be (32 / images) * row_slots and tile_h

@@ -250,7 +250,7 @@ Case RandomCase(std::mt19937* rng, int i) {
   c.config.images = nb;
   c.config.tile_h = th;
   c.config.tile_w = tw;
-  c.config.chunk_c = pick({1, 4, 8, 16, 32, 64});
+  c.config.chunk_c = pick({1, 4, 8, 16, 32, 64, 128, 512});
   c.config.preload = pick({0, 1});
   // Cluster split over input-channel chunks (sm_90+; elsewhere, or with more
   // ranks than chunks, the config is rejected and the heuristic runs).
