@@ -80,9 +80,6 @@ void ScalarChunk(const float* line, const std::ptrdiff_t* offsets,
                  const float* bias, Activation activation, int64_t k_begin,
                  int64_t k_end, int num_vectors, float* tile,
                  int64_t tile_pitch) {
-  using BlockFn = void (*)(const float*, const std::ptrdiff_t*, const float*,
-                           const int32_t*, const float*, Activation, int64_t,
-                           int64_t, float*, int64_t);
   static constexpr BlockFn kTable[kScalarMaxVectors] = {
       &ScalarBlock<1>, &ScalarBlock<2>, &ScalarBlock<3>, &ScalarBlock<4>,
       &ScalarBlock<5>, &ScalarBlock<6>, &ScalarBlock<7>, &ScalarBlock<8>};

@@ -26,6 +26,13 @@ using ChunkFn = void (*)(const float* line, const std::ptrdiff_t* offsets,
                          const float* bias, Activation activation,
                          int64_t k_begin, int64_t k_end, int num_vectors,
                          float* tile, int64_t tile_pitch);
+// A ChunkFn's instance for one fixed num_vectors (its register block): the
+// chunk functions dispatch on num_vectors through tables of these.
+using BlockFn = void (*)(const float* line, const std::ptrdiff_t* offsets,
+                         const float* values, const int32_t* row_offsets,
+                         const float* bias, Activation activation,
+                         int64_t k_begin, int64_t k_end, float* tile,
+                         int64_t tile_pitch);
 
 // dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols:
 // the layout changes between NHWC tensors and the channel-major band

@@ -99,10 +99,6 @@ __attribute__((target("avx512f"))) void Avx512Block(
 constexpr int kAvx2MaxVectors = 12;
 constexpr int kAvx512MaxVectors = 24;
 
-using BlockFn = void (*)(const float*, const std::ptrdiff_t*, const float*,
-                         const int32_t*, const float*, Activation, int64_t,
-                         int64_t, float*, int64_t);
-
 template <std::size_t N>
 void Avx2BlockOf(const float* line, const std::ptrdiff_t* offsets,
                  const float* values, const int32_t* row_offsets,
