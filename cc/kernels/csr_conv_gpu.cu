@@ -761,12 +761,24 @@ __global__ void __launch_bounds__(MaxThreads(PT, KW), 1)
   X(8, 2, 4) X(8, 4, 4) X(8, 2, 8) X(8, 4, 8) X(16, 1, 8) X(16, 2, 8)     \
   X(16, 2, 4) X(16, 1, 4)
 
+// The kernel of instance (pt, kw, pc) and its position in
+// ESCORT_KERNEL_INSTANCES, or nullptr where it is not instantiated.
+const void* InstanceKernel(int pt, int kw, int pc, int* position) {
+  int i = 0;
+#define ESCORT_FIND(PT, KW, PC)                                      \
+  if (pt == PT && kw == KW && pc == PC) {                            \
+    *position = i;                                                   \
+    return reinterpret_cast<const void*>(CsrConvKernel<PT, KW, PC>); \
+  }                                                                  \
+  ++i;
+  ESCORT_KERNEL_INSTANCES(ESCORT_FIND)
+#undef ESCORT_FIND
+  return nullptr;
+}
+
 bool Instantiated(int pt, int kw, int pc) {
-#define ESCORT_MATCH(PT, KW, PC) \
-  if (pt == PT && kw == KW && pc == PC) return true;
-  ESCORT_KERNEL_INSTANCES(ESCORT_MATCH)
-#undef ESCORT_MATCH
-  return false;
+  int position;
+  return InstanceKernel(pt, kw, pc, &position) != nullptr;
 }
 
 // Registers per thread of instance (pt, kw, pc) as compiled, for the
@@ -779,17 +791,7 @@ int CompiledRegisters(int pt, int kw, int pc) {
 #undef ESCORT_COUNT
   static std::atomic<int> cache[kInstances] = {};  // 0: not asked, -1: failed
   int index = 0;
-  const void* kernel = nullptr;
-#define ESCORT_FIND(PT, KW, PC)                                        \
-  if (kernel == nullptr) {                                             \
-    if (pt == PT && kw == KW && pc == PC) {                            \
-      kernel = reinterpret_cast<const void*>(CsrConvKernel<PT, KW, PC>); \
-    } else {                                                           \
-      ++index;                                                         \
-    }                                                                  \
-  }
-  ESCORT_KERNEL_INSTANCES(ESCORT_FIND)
-#undef ESCORT_FIND
+  const void* kernel = InstanceKernel(pt, kw, pc, &index);
   if (kernel == nullptr) return 0;
   int regs = cache[index].load(std::memory_order_relaxed);
   if (regs == 0) {
@@ -822,6 +824,20 @@ FastDivisor MakeFastDivisor(int64_t d) {
   f.shift = s;
   f.magic = static_cast<unsigned>(((uint64_t{1} << 32) * ((uint64_t{1} << s) - d)) / d + 1);
   return f;
+}
+
+// How StageNhwc splits a chunk of chunk_c channels: channel lanes per warp
+// (8, fewer only below 8 channels) and channels per thread (up to 4).
+int StageChannelLanes(int chunk_c) { return std::min(chunk_c, 8); }
+int StageChannelsPerThread(int chunk_c) {
+  return std::min(4, chunk_c / StageChannelLanes(chunk_c));
+}
+// Instructions per staged float: StageNhwc issues about 14 / kc + 2 (kc
+// channels per thread), the NCHW copy loop 22.
+double StagingInstructionsPerFloat(const ConvGeometry& g, int chunk_c) {
+  return g.data_format == DataFormat::kNHWC
+             ? 14.0 / StageChannelsPerThread(chunk_c) + 2.0
+             : 22.0;
 }
 
 struct Layout {
@@ -1081,11 +1097,9 @@ double EstimateCost(const ConvGeometry& g, double density, int64_t nnz,
       c.channels_per_warp * (entries * (2.0 * pt + adds + 4.0) + rounds * 45.0 + 20.0);
   const double lds_warp_chunk = c.channels_per_warp * (entries * (pt + 1.0) + rounds * 6.0);
   const double staging = clen * l.nbti / 32.0;
-  // kCostModel[1] was fitted to a copy loop of 22 instructions per float;
-  // StageNhwc issues about 14 / kc + 2 (kc channels per thread).
-  const int kc = std::min(4, c.chunk_c / std::min(c.chunk_c, 8));
-  const double staging_scale =
-      g.data_format == DataFormat::kNHWC ? (14.0 / kc + 2.0) / 22.0 : 1.0;
+  // kCostModel[1] was fitted to a copy loop of 22 instructions per float.
+  const double staging_per_float = StagingInstructionsPerFloat(g, c.chunk_c);
+  const double staging_scale = staging_per_float / 22.0;
   // Preloading reads each row once, coalesced, in two bucketing passes (one
   // where there is one chunk).
   const double preload =
@@ -1121,10 +1135,9 @@ double EstimateCost(const ConvGeometry& g, double density, int64_t nnz,
   const double eff = std::min(1.0, conc * nwarps / kCostModel[2]);
   const double throughput = kThroughputScale * per_sm * block_cycles / eff;
   // Latency (kLatencyModel): one warp's instructions, its row part's
-  // entries in the hot loop, its share of the staging copies (StageNhwc's
-  // 14 / kc + 2 per float; 22 for NCHW) and of the preload's rounds, or
-  // without the preload the per-chunk list rounds (the whole row then runs
-  // in the part-0 warp).
+  // entries in the hot loop, its share of the staging copies and of the
+  // preload's rounds, or without the preload the per-chunk list rounds (the
+  // whole row then runs in the part-0 warp).
   const bool pooled = l.pool_cap > 0;
   const double part_len = rs * g.C * density / (pooled ? parts : 1);
   const double hot =
@@ -1134,7 +1147,7 @@ double EstimateCost(const ConvGeometry& g, double density, int64_t nnz,
       (pooled ? 0.0 : nch_all * c.channels_per_warp * rounds * 45.0);
   const double stage_w =
       static_cast<double>(std::min<int64_t>(c.chunk_c, g.C)) * nch * l.nbti /
-      (32.0 * nwarps) * (g.data_format == DataFormat::kNHWC ? 14.0 / kc + 2.0 : 22.0);
+      (32.0 * nwarps) * staging_per_float;
   const double pre_w = pooled
       ? c.channels_per_warp * 2.0 * std::ceil(part_len * nch / nch_all / 128.0) * 4.0
       : 0.0;
@@ -1318,11 +1331,11 @@ cudaError_t CsrConv2DGpuWithConfig(const ConvGeometry& g, const float* input,
   p.div_tq = MakeFastDivisor(p.tiles_q);
   p.div_tp = MakeFastDivisor(p.tiles_p);
   p.log_warps = Log2(c.warps);
-  // StageNhwc: 8 channel lanes (fewer only below 8 channels), up to 4
-  // channels per thread, the rest in blocks of warps.
-  const int cl = std::min(c.chunk_c, 8);
+  // StageNhwc's split of a chunk (StageChannelLanes,
+  // StageChannelsPerThread); the rest goes in blocks of warps.
+  const int cl = StageChannelLanes(c.chunk_c);
   p.log_cl = Log2(cl);
-  p.stage_kc = std::min(4, c.chunk_c / cl);
+  p.stage_kc = StageChannelsPerThread(c.chunk_c);
   p.log_nq = Log2(c.chunk_c / (cl * p.stage_kc));
   p.parts = c.row_parts;
   p.log_parts = Log2(c.row_parts);
