@@ -29,20 +29,15 @@ echo "build $(( $(date +%s) - t0 )) s"
 LIBS="head=build/head/lib.so"
 for v in $VARIANTS; do [ "$v" != head ] && LIBS="$LIBS $v=build/$v/lib.so"; done
 LIBS="$LIBS tree=build/libescort_gpu.so"
-if has test; then build/csr_conv_gpu_test 200 3 2>&1 | tail -3 | tee -a "$OUT/build.log"; fi
+# The tree's own checks are run_all.sh's stages of the same names, on the
+# library just built.
+checks=""
+for step in test correct sanitize; do has $step && checks="$checks $step"; done
+[ -n "$checks" ] && STAGES="$checks" bash run_all.sh
 if has ab; then
   python3 ab.py --json "$OUT/ab.json" --libs $LIBS --batches "${AB_BATCHES:-1,32}" \
     --rounds "${ROUNDS:-3}" 2>&1 | cut -c1-200
   echo "ab done $(( $(date +%s) - t0 )) s"
-fi
-if has correct; then
-  python3 correctness.py --cases "${CASES:-340}" --json "$OUT/correctness.json" 2>&1 | tail -4
-fi
-if has sanitize; then
-  for tool in memcheck racecheck; do
-    compute-sanitizer --tool $tool --error-exitcode 3 build/csr_conv_gpu_test 16 5 2>&1 | tail -3
-    echo "$tool exit ${PIPESTATUS[0]}"
-  done | tee "$OUT/sanitizer.txt"
 fi
 if has sweep; then
   python3 local_sweep.py --json "$OUT/local_sweep.json" ${SWEEP_ARGS:-} 2>&1 | cut -c1-300
