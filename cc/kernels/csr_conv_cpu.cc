@@ -23,10 +23,17 @@
 // into a register block of vectors of consecutive positions; here the plan,
 // the band buffer, bias, activation and the store in NHWC or NCHW.
 //
+// Input-channel blocks: where a call sweeps its band buffers many times
+// (large images, batches), each row's nonzeros are reordered per call by
+// block of input channels, so that the 16 output channels of a tile take
+// one block's band data from L1 in turn instead of the whole band from L2.
+//
 // Determinism: every output element is one chain of FMAs (or multiply-adds
-// on the scalar path) over its row's nonzeros in ascending column order,
-// starting from 0, then + bias, then the activation. Nothing in that chain
-// depends on the band, chunk or thread that computes it.
+// on the scalar path) over its row's nonzeros in ascending column order
+// (within each input-channel block, blocks in ascending order), starting
+// from 0, then + bias, then the activation. Nothing in that chain depends on
+// the band, chunk or thread that computes it; the blocks depend on the
+// geometry (batch size included) and the filter's density.
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
@@ -58,33 +65,41 @@ float Activate(float value, Activation activation) {
 
 template <int U>
 void ScalarBlock(const float* line, const std::ptrdiff_t* offsets,
-                 const float* values, const int32_t* row_offsets,
-                 const float* bias, Activation activation, int64_t k_begin,
-                 int64_t k_end, float* tile, int64_t tile_pitch) {
+                 const float* values, const int32_t* starts,
+                 int64_t starts_stride, bool accumulate, const float* bias,
+                 Activation activation, int64_t k_begin, int64_t k_end,
+                 float* tile, int64_t tile_pitch) {
   constexpr int kWidth = U * kScalarLanes;
   for (int64_t k = k_begin; k < k_end; ++k) {
+    float* out = tile + (k - k_begin) * tile_pitch;
     float acc[kWidth] = {};
-    for (int32_t i = row_offsets[k]; i < row_offsets[k + 1]; ++i) {
+    if (accumulate) std::copy(out, out + kWidth, acc);
+    const int32_t* range = starts + k * starts_stride;
+    for (int32_t i = range[0]; i < range[1]; ++i) {
       const float weight = values[i];
       const float* source = line + offsets[i];
       for (int m = 0; m < kWidth; ++m) acc[m] += weight * source[m];
     }
-    const float b = bias != nullptr ? bias[k] : 0.0f;
-    float* out = tile + (k - k_begin) * tile_pitch;
-    for (int m = 0; m < kWidth; ++m) out[m] = Activate(acc[m] + b, activation);
+    // No "+ 0" without a bias: a partial sum of -0 must stay -0 for the
+    // next call to continue the chain exactly.
+    if (bias != nullptr) {
+      for (int m = 0; m < kWidth; ++m) acc[m] += bias[k];
+    }
+    for (int m = 0; m < kWidth; ++m) out[m] = Activate(acc[m], activation);
   }
 }
 
 void ScalarChunk(const float* line, const std::ptrdiff_t* offsets,
-                 const float* values, const int32_t* row_offsets,
-                 const float* bias, Activation activation, int64_t k_begin,
-                 int64_t k_end, int num_vectors, float* tile,
-                 int64_t tile_pitch) {
+                 const float* values, const int32_t* starts,
+                 int64_t starts_stride, bool accumulate, const float* bias,
+                 Activation activation, int64_t k_begin, int64_t k_end,
+                 int num_vectors, float* tile, int64_t tile_pitch) {
   static constexpr BlockFn kTable[kScalarMaxVectors] = {
       &ScalarBlock<1>, &ScalarBlock<2>, &ScalarBlock<3>, &ScalarBlock<4>,
       &ScalarBlock<5>, &ScalarBlock<6>, &ScalarBlock<7>, &ScalarBlock<8>};
-  kTable[num_vectors - 1](line, offsets, values, row_offsets, bias,
-                          activation, k_begin, k_end, tile, tile_pitch);
+  kTable[num_vectors - 1](line, offsets, values, starts, starts_stride,
+                          accumulate, bias, activation, k_begin, k_end, tile,
+                          tile_pitch);
 }
 
 void ScalarTranspose(const float* src, int64_t src_stride, float* dst,
@@ -121,6 +136,18 @@ constexpr int64_t kMinUnits = 16;
 // Offsets and values of one block of output channels, which a unit reads
 // once per chunk: small enough to share L2 with the band buffer.
 constexpr int64_t kFilterBlockBytes = 128 * 1024;
+// Input-channel blocks: a tile's output channels sweep one block of the
+// band's channels at a time, about this much band data, so that all but the
+// first of them read it from L1 (32 KiB with the tile) instead of L2.
+constexpr int64_t kChannelBlockBytes = 16 * 1024;
+// Blocks are used only where such a block also holds at least this many
+// nonzeros per row on average: reloading and storing the accumulators per
+// block must stay cheap (very sparse filters, e.g. 2-3% dense, lose).
+constexpr int64_t kMinBlockNonzeros = 16;
+// Reordering the filter by blocks costs, per call, about one sweep of the
+// band buffers; with fewer sweeps per call (images x bands x chunks) than
+// this it does not pay.
+constexpr int64_t kMinSweepsForChannelBlocks = 8;
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -163,11 +190,52 @@ struct Plan {
   std::vector<int64_t> r_offset, s_offset;
   std::unique_ptr<std::ptrdiff_t[]> column_offsets;
   // Stretched offset of each nonzero, filled per block of output channels
-  // by the first unit that needs it (see PrepareOffsets). Not a vector:
+  // by the first unit that needs it (see PrepareOffsets), and with
+  // input-channel blocks (below) the values in the same order: one
+  // allocation, since a second large one per call measured page faults on
+  // every call (the allocator returns it to the system). Not a vector:
   // zeroing it first would cost as much as filling it.
-  std::unique_ptr<std::ptrdiff_t[]> offsets;
+  std::unique_ptr<unsigned char[]> filter_storage;
+  std::ptrdiff_t* offsets;
+  float* blocked_values;
   std::unique_ptr<std::atomic<int>[]> offsets_state;  // per channel block
+
+  // Input-channel blocks (num_channel_blocks > 1, else off): offsets and
+  // blocked_values hold each row's nonzeros reordered by block of
+  // channel_block input channels, then by column as before; block b of row
+  // k is [block_starts[k * (nb + 1) + b], block_starts[k * (nb + 1) + b + 1]).
+  // column_segment[j] numbers column j's (tap, block) pair in row order.
+  int64_t channel_block, num_channel_blocks;
+  std::unique_ptr<int32_t[]> column_segment;
+  std::unique_ptr<int32_t[]> block_starts;
 };
+
+// Input channels per block (see kChannelBlockBytes), or C for no blocks.
+int64_t ChannelBlock(const ConvGeometry& g, const Plan& plan, int64_t nnz) {
+  const int64_t line_length = (plan.band_rows - 1) * plan.row_pitch + g.Q;
+  const int64_t sweeps =
+      g.N * plan.num_bands *
+      CeilDiv(CeilDiv(line_length, plan.kernel.lanes), plan.kernel.max_vectors);
+  if (sweeps < kMinSweepsForChannelBlocks || nnz == 0) return g.C;
+  // The floats of one channel a chunk reads in each stride-phase plane: its
+  // positions shifted by each tap, one span, or one piece per row shift
+  // when rows are longer than the chunk.
+  const int64_t planes = static_cast<int64_t>(plan.row_phases.size() *
+                                              plan.column_phases.size());
+  const int64_t row_halo = plan.buffer_rows - plan.band_rows;
+  const int64_t chunk_and_column_halo =
+      int64_t{plan.kernel.max_vectors} * plan.kernel.lanes +
+      (g.S - 1) * g.dilation_w / g.stride_w;
+  const int64_t chunk_floats =
+      std::min(chunk_and_column_halo + row_halo * plan.row_pitch,
+               chunk_and_column_halo * (row_halo + 1));
+  const int64_t fit = kChannelBlockBytes /
+                      (planes * chunk_floats * int64_t{sizeof(float)});
+  const int64_t long_enough = CeilDiv(kMinBlockNonzeros * g.K * g.C, nnz);
+  if (fit < long_enough) return g.C;
+  const int64_t blocks = CeilDiv(g.C, fit);
+  return blocks < 2 ? g.C : CeilDiv(g.C, blocks);
+}
 
 Plan MakePlan(const ConvGeometry& g, const int32_t* row_offsets,
               const int32_t* column_indices, CpuKernels kernel) {
@@ -246,16 +314,87 @@ Plan MakePlan(const ConvGeometry& g, const int32_t* row_offsets,
       }
     }
   }
-  plan.offsets.reset(new std::ptrdiff_t[nnz]);
+  plan.channel_block =
+      plan.column_offsets != nullptr ? ChannelBlock(g, plan, nnz) : g.C;
+  plan.num_channel_blocks = CeilDiv(g.C, plan.channel_block);
+  if (plan.num_channel_blocks > 1) {
+    const int64_t nb = plan.num_channel_blocks;
+    plan.column_segment.reset(new int32_t[columns]);
+    for (int64_t tap = 0, j = 0; tap < g.R * g.S; ++tap) {
+      for (int64_t c = 0; c < g.C; ++c, ++j) {
+        plan.column_segment[j] =
+            static_cast<int32_t>(tap * nb + c / plan.channel_block);
+      }
+    }
+    plan.block_starts.reset(new int32_t[g.K * (nb + 1)]);
+  }
+  const int64_t blocked_value_bytes =
+      plan.num_channel_blocks > 1 ? nnz * int64_t{sizeof(float)} : 0;
+  plan.filter_storage.reset(new unsigned char[
+      nnz * int64_t{sizeof(std::ptrdiff_t)} + blocked_value_bytes]);
+  plan.offsets = reinterpret_cast<std::ptrdiff_t*>(plan.filter_storage.get());
+  plan.blocked_values = reinterpret_cast<float*>(plan.offsets + nnz);
   plan.offsets_state.reset(new std::atomic<int>[plan.num_k_blocks]);
   for (int64_t b = 0; b < plan.num_k_blocks; ++b) plan.offsets_state[b] = 0;
   return plan;
 }
 
+// Stretches the offsets of rows [k_begin, k_end) into the order of
+// input-channel blocks, and copies their values into that order. Within a
+// row, segments (tap, block) are ascending in column order, so one pass
+// finds where each starts, and each nonzero's new place is its index plus
+// its segment's shift: no sort, no per-bucket counters.
+// Not inlined: inside RunUnits its pointers were spilled, and the scatter
+// stores stalled the reloads (perf: 2-3x the cost of this loop alone).
+__attribute__((noinline)) void BlockRows(const Plan& plan,
+                                         const float* values, int64_t k_begin,
+                                         int64_t k_end) {
+  const int64_t nb = plan.num_channel_blocks;
+  const int64_t taps = static_cast<int64_t>(plan.r_offset.size()) * plan.S;
+  const int64_t segments = taps * nb;
+  std::vector<int32_t> first_storage(segments + 1), shift_storage(segments);
+  // Locals, restrict-qualified: the scatter's stores would otherwise make
+  // the compiler reload every pointer after each one.
+  int32_t* __restrict first = first_storage.data();
+  int32_t* __restrict shift = shift_storage.data();
+  const int32_t* __restrict columns = plan.column_indices;
+  const int32_t* __restrict segment_of = plan.column_segment.get();
+  const std::ptrdiff_t* __restrict column_offsets = plan.column_offsets.get();
+  std::ptrdiff_t* __restrict offsets = plan.offsets;
+  float* __restrict blocked_values = plan.blocked_values;
+  for (int64_t k = k_begin; k < k_end; ++k) {
+    const int32_t begin = plan.row_offsets[k], end = plan.row_offsets[k + 1];
+    std::fill(first, first + segments + 1, end);
+    for (int32_t i = end - 1; i >= begin; --i) {
+      first[segment_of[columns[i]]] = i;
+    }
+    for (int64_t seg = segments - 1; seg >= 0; --seg) {
+      first[seg] = std::min(first[seg], first[seg + 1]);  // empty segments
+    }
+    int32_t* block_starts = plan.block_starts.get() + k * (nb + 1);
+    int32_t place = begin;
+    for (int64_t b = 0; b < nb; ++b) {
+      block_starts[b] = place;
+      for (int64_t seg = b; seg < segments; seg += nb) {
+        shift[seg] = place - first[seg];
+        place += first[seg + 1] - first[seg];
+      }
+    }
+    block_starts[nb] = end;
+    for (int32_t i = begin; i < end; ++i) {
+      const int32_t column = columns[i];
+      const int32_t to = i + shift[segment_of[column]];
+      offsets[to] = column_offsets[column];
+      blocked_values[to] = values[i];
+    }
+  }
+}
+
 // Stretches the offsets of channel block `block` on first use, so that this
 // O(nnz) step runs inside the ParallelFor instead of before it. Any thread
 // may do it (the result is the same); others needing the block wait.
-void PrepareOffsets(const Plan& plan, int64_t block, int64_t K) {
+void PrepareOffsets(const Plan& plan, const float* values, int64_t block,
+                    int64_t K) {
   enum : int { kTodo = 0, kBusy = 1, kReady = 2 };
   std::atomic<int>& state = plan.offsets_state[block];
   if (state.load(std::memory_order_acquire) == kReady) return;
@@ -268,9 +407,12 @@ void PrepareOffsets(const Plan& plan, int64_t block, int64_t K) {
     return;
   }
   const int64_t k_begin = block * plan.k_block;
+  const int64_t k_end = std::min(K, k_begin + plan.k_block);
   const int64_t begin = plan.row_offsets[k_begin];
-  const int64_t end = plan.row_offsets[std::min(K, k_begin + plan.k_block)];
-  if (plan.column_offsets != nullptr) {
+  const int64_t end = plan.row_offsets[k_end];
+  if (plan.num_channel_blocks > 1) {
+    BlockRows(plan, values, k_begin, k_end);
+  } else if (plan.column_offsets != nullptr) {
     for (int64_t i = begin; i < end; ++i) {
       plan.offsets[i] = plan.column_offsets[plan.column_indices[i]];
     }
@@ -413,6 +555,7 @@ void RunUnits(const ConvGeometry& g, const Plan& plan, const float* input,
               const float* bias, Activation activation, float* output,
               int64_t unit_begin, int64_t unit_end) {
   const int lanes = plan.kernel.lanes;
+  const int64_t nb = plan.num_channel_blocks;
   const int64_t tile_pitch = int64_t{plan.kernel.max_vectors} * lanes;
   // Uninitialised: FillBand writes every plane; only the gaps and the slack,
   // which feed lanes that are dropped, are zeroed here, so that no lane
@@ -436,7 +579,7 @@ void RunUnits(const ConvGeometry& g, const Plan& plan, const float* input,
       filled = image_band;
     }
     const int64_t block = unit % plan.num_k_blocks;
-    PrepareOffsets(plan, block, g.K);
+    PrepareOffsets(plan, values, block, g.K);
     const int64_t k_begin = block * plan.k_block;
     const int64_t k_end = std::min(g.K, k_begin + plan.k_block);
     const int64_t rows = std::min(plan.band_rows, g.P - p0);
@@ -452,10 +595,24 @@ void RunUnits(const ConvGeometry& g, const Plan& plan, const float* input,
       const int64_t m_end = std::min(line_length, v_end * lanes);
       for (int64_t k = k_begin; k < k_end; k += kTileChannels) {
         const int64_t k_stop = std::min(k_end, k + kTileChannels);
-        plan.kernel.chunk(buffer.get() + m_begin, plan.offsets.get(), values,
-                          row_offsets, bias, activation, k, k_stop,
-                          static_cast<int>(v_end - v_begin), tile.get(),
-                          tile_pitch);
+        const int num_vectors = static_cast<int>(v_end - v_begin);
+        if (nb == 1) {
+          plan.kernel.chunk(buffer.get() + m_begin, plan.offsets,
+                            values, row_offsets, 1, /*accumulate=*/false, bias,
+                            activation, k, k_stop, num_vectors, tile.get(),
+                            tile_pitch);
+        } else {
+          // Bias and activation once, after the last block.
+          for (int64_t b = 0; b < nb; ++b) {
+            const bool last = b == nb - 1;
+            plan.kernel.chunk(buffer.get() + m_begin, plan.offsets,
+                              plan.blocked_values,
+                              plan.block_starts.get() + b, nb + 1, b > 0,
+                              last ? bias : nullptr,
+                              last ? activation : Activation::kNone, k, k_stop,
+                              num_vectors, tile.get(), tile_pitch);
+          }
+        }
         StoreTile(g, plan, tile.get(), tile_pitch, n, p0, m_begin, m_end, k,
                   k_stop, output);
       }
@@ -596,6 +753,13 @@ void CsrConv2DCpuWithIsa(CpuIsa isa, const ConvGeometry& g, const float* input,
   const int64_t cost = nnz / plan.num_k_blocks * positions / 8 +
                        plan.buffer_floats / plan.num_k_blocks + 1000;
   parallel_for(units, cost, work);
+}
+
+int64_t CpuInputChannelBlocks(CpuIsa isa, const ConvGeometry& g,
+                              const int32_t* row_offsets,
+                              const int32_t* column_indices) {
+  return MakePlan(g, row_offsets, column_indices, KernelsFor(isa))
+      .num_channel_blocks;
 }
 
 }  // namespace internal

@@ -29,6 +29,12 @@ void CsrConv2DCpuWithIsa(CpuIsa isa, const ConvGeometry& geometry,
                          const float* bias, Activation activation,
                          float* output, const ParallelFor& parallel_for);
 
+// How many input-channel blocks CsrConv2DCpuWithIsa(isa, geometry, ...)
+// splits the filter's rows into (1: none), for tests that must cover both.
+int64_t CpuInputChannelBlocks(CpuIsa isa, const ConvGeometry& geometry,
+                              const int32_t* row_offsets,
+                              const int32_t* column_indices);
+
 }  // namespace internal
 }  // namespace escort
 

@@ -14,22 +14,29 @@ namespace internal {
 // Computes, for output channels k in [k_begin, k_end), `num_vectors` vectors
 // of consecutive output positions of a band ("lines", see csr_conv_cpu.cc):
 //   tile[(k - k_begin) * tile_pitch + m] = activation(
-//       sum over i in [row_offsets[k], row_offsets[k + 1]) ascending of
+//       initial + sum over i in [starts[k * starts_stride],
+//                                starts[k * starts_stride + 1]) ascending of
 //       values[i] * line[offsets[i] + m]  +  bias[k] (if bias is not null)),
-// m < num_vectors * lanes, the sum accumulated from 0 with one rounding per
-// term (FMA where the ISA has it), the same chain for every m so no result
-// depends on m's place in a vector. Bias and activation are applied while
-// the sums are still in registers, which saves a pass over the tile.
-// `line` must be readable at every line[offsets[i] + m] so formed.
+// m < num_vectors * lanes, where initial is the tile's own value with
+// `accumulate`, else 0 (starts = the CSR row offsets with stride 1 covers
+// whole rows; the input-channel blocks of csr_conv_cpu.cc pass one block of
+// each row per call). One rounding per term (FMA where the ISA has it), the
+// same chain for every m, so no result depends on m's place in a vector;
+// a call with `accumulate` continues the previous call's chain exactly.
+// Bias and activation are applied while the sums are still in registers,
+// which saves a pass over the tile. `line` must be readable at every
+// line[offsets[i] + m] so formed.
 using ChunkFn = void (*)(const float* line, const std::ptrdiff_t* offsets,
-                         const float* values, const int32_t* row_offsets,
+                         const float* values, const int32_t* starts,
+                         int64_t starts_stride, bool accumulate,
                          const float* bias, Activation activation,
                          int64_t k_begin, int64_t k_end, int num_vectors,
                          float* tile, int64_t tile_pitch);
 // A ChunkFn's instance for one fixed num_vectors (its register block): the
 // chunk functions dispatch on num_vectors through tables of these.
 using BlockFn = void (*)(const float* line, const std::ptrdiff_t* offsets,
-                         const float* values, const int32_t* row_offsets,
+                         const float* values, const int32_t* starts,
+                         int64_t starts_stride, bool accumulate,
                          const float* bias, Activation activation,
                          int64_t k_begin, int64_t k_end, float* tile,
                          int64_t tile_pitch);

@@ -36,6 +36,10 @@ struct Case {
   // Every 7th input element NaN: the NaNs must reach exactly the outputs
   // the reference gives NaN, through bias and activation alike.
   bool nan_inputs = false;
+  // The plan must split the filter's rows into input-channel blocks on
+  // every ISA, so that the case keeps covering that path if its thresholds
+  // change.
+  bool channel_blocks = false;
 };
 
 struct Csr {
@@ -136,6 +140,17 @@ bool RunCase(std::mt19937& rng, const Case& c) {
   if (!csr_error.empty()) {
     Fail("generated an invalid filter (" + csr_error + ")", Describe(c, g));
     return true;
+  }
+  if (c.channel_blocks) {
+    for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
+      if (internal::CpuSupportsIsa(isa) &&
+          internal::CpuInputChannelBlocks(isa, g, csr.row_offsets.data(),
+                                          csr.column_indices.data()) < 2) {
+        Fail(std::string(internal::CpuIsaName(isa)) +
+                 " does not use input-channel blocks here",
+             Describe(c, g));
+      }
+    }
   }
   std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
   std::vector<float> input(g.InputSize());
@@ -306,6 +321,19 @@ void RunEdgeCases(std::mt19937& rng) {
     c.attrs.dilation_h = 10000000;
     c.attrs.dilation_w = 2;
     c.activation = Activation::kRelu;
+    cases.push_back(c);
+  }
+  {
+    // Large images: rows reordered by blocks of input channels, each
+    // output continued block by block in the tile.
+    Case c = Basic(2, 36, 62, 64, 8, 3, 3, Padding::kSame, 0.5);
+    c.channel_blocks = true;
+    cases.push_back(c);
+    c = Basic(3, 40, 30, 16, 8, 5, 5, Padding::kSame, 0.5);
+    c.attrs.dilation_h = 2;
+    c.attrs.dilation_w = 2;
+    c.activation = Activation::kRelu6;
+    c.channel_blocks = true;
     cases.push_back(c);
   }
   for (Activation activation :

@@ -23,13 +23,19 @@ namespace {
 template <std::size_t... U>
 __attribute__((target("avx2,fma"))) void Avx2Block(
     std::index_sequence<U...>, const float* line, const std::ptrdiff_t* offsets,
-    const float* values, const int32_t* row_offsets, const float* bias,
-    Activation activation, int64_t k_begin, int64_t k_end, float* tile,
-    int64_t tile_pitch) {
+    const float* values, const int32_t* starts, int64_t starts_stride,
+    bool accumulate, const float* bias, Activation activation, int64_t k_begin,
+    int64_t k_end, float* tile, int64_t tile_pitch) {
   for (int64_t k = k_begin; k < k_end; ++k) {
+    float* out = tile + (k - k_begin) * tile_pitch;
     __m256 acc[sizeof...(U)];
-    ((acc[U] = _mm256_setzero_ps()), ...);
-    for (int32_t i = row_offsets[k]; i < row_offsets[k + 1]; ++i) {
+    if (accumulate) {
+      ((acc[U] = _mm256_loadu_ps(out + 8 * U)), ...);
+    } else {
+      ((acc[U] = _mm256_setzero_ps()), ...);
+    }
+    const int32_t* range = starts + k * starts_stride;
+    for (int32_t i = range[0]; i < range[1]; ++i) {
       const __m256 weight = _mm256_set1_ps(values[i]);
       const float* source = line + offsets[i];
       ((acc[U] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(source + 8 * U),
@@ -50,7 +56,6 @@ __attribute__((target("avx2,fma"))) void Avx2Block(
       const __m256 six = _mm256_set1_ps(6.0f);
       ((acc[U] = _mm256_min_ps(six, acc[U])), ...);
     }
-    float* out = tile + (k - k_begin) * tile_pitch;
     (_mm256_storeu_ps(out + 8 * U, acc[U]), ...);
   }
 }
@@ -58,13 +63,19 @@ __attribute__((target("avx2,fma"))) void Avx2Block(
 template <std::size_t... U>
 __attribute__((target("avx512f"))) void Avx512Block(
     std::index_sequence<U...>, const float* line, const std::ptrdiff_t* offsets,
-    const float* values, const int32_t* row_offsets, const float* bias,
-    Activation activation, int64_t k_begin, int64_t k_end, float* tile,
-    int64_t tile_pitch) {
+    const float* values, const int32_t* starts, int64_t starts_stride,
+    bool accumulate, const float* bias, Activation activation, int64_t k_begin,
+    int64_t k_end, float* tile, int64_t tile_pitch) {
   for (int64_t k = k_begin; k < k_end; ++k) {
+    float* out = tile + (k - k_begin) * tile_pitch;
     __m512 acc[sizeof...(U)];
-    ((acc[U] = _mm512_setzero_ps()), ...);
-    for (int32_t i = row_offsets[k]; i < row_offsets[k + 1]; ++i) {
+    if (accumulate) {
+      ((acc[U] = _mm512_loadu_ps(out + 16 * U)), ...);
+    } else {
+      ((acc[U] = _mm512_setzero_ps()), ...);
+    }
+    const int32_t* range = starts + k * starts_stride;
+    for (int32_t i = range[0]; i < range[1]; ++i) {
       const __m512 weight = _mm512_set1_ps(values[i]);
       const float* source = line + offsets[i];
       ((acc[U] = _mm512_fmadd_ps(weight, _mm512_loadu_ps(source + 16 * U),
@@ -87,7 +98,6 @@ __attribute__((target("avx512f"))) void Avx512Block(
       const __m512 six = _mm512_set1_ps(6.0f);
       ((acc[U] = _mm512_mask_min_ps(six, kAll, six, acc[U])), ...);
     }
-    float* out = tile + (k - k_begin) * tile_pitch;
     (_mm512_storeu_ps(out + 16 * U, acc[U]), ...);
   }
 }
@@ -101,21 +111,24 @@ constexpr int kAvx512MaxVectors = 24;
 
 template <std::size_t N>
 void Avx2BlockOf(const float* line, const std::ptrdiff_t* offsets,
-                 const float* values, const int32_t* row_offsets,
-                 const float* bias, Activation activation, int64_t k_begin,
-                 int64_t k_end, float* tile, int64_t tile_pitch) {
-  Avx2Block(std::make_index_sequence<N>(), line, offsets, values, row_offsets,
-            bias, activation, k_begin, k_end, tile, tile_pitch);
+                 const float* values, const int32_t* starts,
+                 int64_t starts_stride, bool accumulate, const float* bias,
+                 Activation activation, int64_t k_begin, int64_t k_end,
+                 float* tile, int64_t tile_pitch) {
+  Avx2Block(std::make_index_sequence<N>(), line, offsets, values, starts,
+            starts_stride, accumulate, bias, activation, k_begin, k_end,
+            tile, tile_pitch);
 }
 
 template <std::size_t N>
 void Avx512BlockOf(const float* line, const std::ptrdiff_t* offsets,
-                   const float* values, const int32_t* row_offsets,
-                   const float* bias, Activation activation, int64_t k_begin,
-                   int64_t k_end, float* tile, int64_t tile_pitch) {
-  Avx512Block(std::make_index_sequence<N>(), line, offsets, values,
-              row_offsets, bias, activation, k_begin, k_end, tile,
-              tile_pitch);
+                   const float* values, const int32_t* starts,
+                   int64_t starts_stride, bool accumulate, const float* bias,
+                   Activation activation, int64_t k_begin, int64_t k_end,
+                   float* tile, int64_t tile_pitch) {
+  Avx512Block(std::make_index_sequence<N>(), line, offsets, values, starts,
+              starts_stride, accumulate, bias, activation, k_begin, k_end,
+              tile, tile_pitch);
 }
 
 // Tables indexed by num_vectors - 1.
@@ -131,25 +144,27 @@ constexpr std::array<BlockFn, sizeof...(N)> Avx512Table(
 }
 
 void Avx2Chunk(const float* line, const std::ptrdiff_t* offsets,
-               const float* values, const int32_t* row_offsets,
-               const float* bias, Activation activation, int64_t k_begin,
-               int64_t k_end, int num_vectors, float* tile,
-               int64_t tile_pitch) {
+               const float* values, const int32_t* starts,
+               int64_t starts_stride, bool accumulate, const float* bias,
+               Activation activation, int64_t k_begin, int64_t k_end,
+               int num_vectors, float* tile, int64_t tile_pitch) {
   static constexpr auto kTable =
       Avx2Table(std::make_index_sequence<kAvx2MaxVectors>());
-  kTable[num_vectors - 1](line, offsets, values, row_offsets, bias,
-                          activation, k_begin, k_end, tile, tile_pitch);
+  kTable[num_vectors - 1](line, offsets, values, starts, starts_stride,
+                          accumulate, bias, activation, k_begin, k_end, tile,
+                          tile_pitch);
 }
 
 void Avx512Chunk(const float* line, const std::ptrdiff_t* offsets,
-                 const float* values, const int32_t* row_offsets,
-                 const float* bias, Activation activation, int64_t k_begin,
-                 int64_t k_end, int num_vectors, float* tile,
-                 int64_t tile_pitch) {
+                 const float* values, const int32_t* starts,
+                 int64_t starts_stride, bool accumulate, const float* bias,
+                 Activation activation, int64_t k_begin, int64_t k_end,
+                 int num_vectors, float* tile, int64_t tile_pitch) {
   static constexpr auto kTable =
       Avx512Table(std::make_index_sequence<kAvx512MaxVectors>());
-  kTable[num_vectors - 1](line, offsets, values, row_offsets, bias,
-                          activation, k_begin, k_end, tile, tile_pitch);
+  kTable[num_vectors - 1](line, offsets, values, starts, starts_stride,
+                          accumulate, bias, activation, k_begin, k_end, tile,
+                          tile_pitch);
 }
 
 // Transposes the 8x8 block a[0..7] in registers (unpack, shuffle, lane
