@@ -3,7 +3,8 @@
 Two modes, each timing sparse and dense side by side in one process, on all
 cores, with warm-up calls and medians over interleaved repetitions:
 
-* layers (default): `sparse_conv2d` vs `tf.nn.conv2d` (oneDNN) on every layer
+* layers (default): `sparse_conv2d` vs `tf.nn.conv2d` (oneDNN where TF enables
+  it: the benchmark scripts set TF_ENABLE_ONEDNN_OPTS=1) on every layer
   of `benchmarks/layers.py`, at batch 1 and 8, at the layer's SkimCaffe density
   and at 70% and 90% sparsity. Reports times, speedup (dense time / sparse
   time), effective GFLOPS (dense flops / time) and geomeans.
@@ -63,6 +64,27 @@ SKIMCAFFE = "skimcaffe"  # the density label for a layer's own pruned density
 # Environment and timing
 # ----------------------------------------------------------------------------
 
+def onednn_enabled() -> bool:
+    """Whether TF's CPU ops run through oneDNN in this process.
+
+    TF 2.21 turns oneDNN on by default only on CPUs with AVX-512 VNNI/BF16 or
+    AMX; elsewhere `tf.nn.conv2d` runs Eigen's kernel, a slower peer, unless
+    TF_ENABLE_ONEDNN_OPTS=1 was set before TensorFlow was imported.
+    """
+    try:
+        # pylint: disable-next=import-outside-toplevel
+        from tensorflow.python.util import _pywrap_util_port
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):  # a TF without the query: not known to be on
+        return False
+
+
+def dense_peer(machine: Dict[str, object]) -> str:
+    """How reports name the kernel behind `tf.nn.conv2d` on `machine` (a
+    `machine_info()`; reports from before its "onednn" field ran oneDNN)."""
+    return "oneDNN" if machine.get("onednn", True) else "Eigen, oneDNN off"
+
+
 def machine_info() -> Dict[str, object]:
     """What the numbers were measured on: CPU, cores, versions, date (UTC)."""
     cpu, flags = platform.processor() or platform.machine(), set()
@@ -81,6 +103,7 @@ def machine_info() -> Dict[str, object]:
         "usable_cores": usable,
         "simd": [f for f in ("sse4_2", "avx2", "fma", "avx512f", "avx512_bf16") if f in flags],
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or usable,
+        "onednn": onednn_enabled(),
         "tensorflow": tf.__version__,
         "tf_keras": tf_keras.__version__,
         "escort_tf": escort_tf.__version__,
@@ -339,15 +362,16 @@ def bench_layers(layers, densities: Sequence, batches: Sequence[int], reps: int,
         geomeans[key] = {str(b): geomean(r["speedup"] for r in results
                                          if r["density_label"] == key and r["batch"] == b)
                          for b in batches}
+    machine = machine_info()
     return {
-        "machine": machine_info(),
+        "machine": machine,
         "settings": {"mode": "layers", "reps": reps, "budget_s": budget_s, "warmup": warmup,
                      "ops_per_call": ops_per_call,
                      "seed": seed, "batches": list(batches),
                      "densities": [_density_label(d) for d in densities],
                      "dtype": "float32", "data_format": "NHWC",
                      "sparse": "escort_tf.sparse_conv2d in tf.function",
-                     "dense": "tf.nn.conv2d (oneDNN) in tf.function",
+                     "dense": f"tf.nn.conv2d ({dense_peer(machine)}) in tf.function",
                      "speedup": "dense_ms / sparse_ms (median times)",
                      "effective_gflops": "dense flops / time",
                      "useful_gflops": "nonzero-weight flops / time"},
@@ -359,8 +383,10 @@ def bench_layers(layers, densities: Sequence, batches: Sequence[int], reps: int,
 def _machine_line(machine: Dict[str, object]) -> str:
     """One sentence naming the machine and versions, for report headers."""
     simd = "/".join(machine.get("simd", [])) or "no SIMD flags read"
+    peer = dense_peer(machine)
     return (f"{machine['cpu_model']} ({simd}), {machine['usable_cores']} cores, TensorFlow "
-            f"{machine['tensorflow']}, escort_tf {machine['escort_tf']}, {machine['date_utc']}.")
+            f"{machine['tensorflow']} (dense convolutions: {peer}), escort_tf "
+            f"{machine['escort_tf']}, {machine['date_utc']}.")
 
 
 def _density_label(label) -> str:
@@ -378,8 +404,9 @@ def layers_markdown(report: Dict[str, object]) -> str:
     machine, results = report["machine"], report["results"]
     labels = report["settings"]["densities"]
     batches = report["settings"]["batches"]
+    peer = dense_peer(machine)
     lines = [
-        "# escort_tf.sparse_conv2d vs tf.nn.conv2d (oneDNN), CPU",
+        f"# escort_tf.sparse_conv2d vs tf.nn.conv2d ({peer}), CPU",
         "",
         f"{_machine_line(machine)} "
         f"fp32 NHWC, no bias; medians of {report['settings']['reps']} interleaved repetitions "
@@ -458,7 +485,8 @@ def plot_layers(report: Dict[str, object], path: str) -> None:
         ax.set_title(f"batch {batch}")
         ax.legend(fontsize=8)
     machine = report["machine"]
-    fig.suptitle(f"escort_tf.sparse_conv2d vs oneDNN, fp32 — {machine['cpu_model']}, "
+    peer = dense_peer(machine)
+    fig.suptitle(f"escort_tf.sparse_conv2d vs {peer}, fp32 — {machine['cpu_model']}, "
                  f"{machine['usable_cores']} cores, TF {machine['tensorflow']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -1026,6 +1054,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     batches = [int(b) for b in _csv(args.batches)]
     if not batches or min(batches) < 1 or (args.reps is not None and args.reps < 1):
         raise SystemExit("escort-tf bench: batch sizes and --reps must be positive")
+    if not onednn_enabled():
+        print("escort-tf bench: TensorFlow runs without oneDNN on this CPU, so the dense peer "
+              "is Eigen's kernel; set TF_ENABLE_ONEDNN_OPTS=1 to compare with oneDNN",
+              file=sys.stderr)
     start = time.perf_counter()
     report, markdown = (_run_models if args.models else _run_layers)(args, batches)
     report["settings"]["wall_s"] = time.perf_counter() - start

@@ -85,7 +85,13 @@ def test_channels_first_matches_dense(rng):
     sparse = SparseConv2D.from_conv2d(conv)
     x = inputs(rng, case)
     y = sparse(x).numpy()
-    np.testing.assert_allclose(y, conv(x).numpy(), rtol=1e-5, atol=1e-5)
+    # The dense layer in NHWC: TF runs NCHW convolutions on CPU only through
+    # oneDNN, which it enables by default on some CPUs only.
+    nhwc = L.Conv2D.from_config({**conv.get_config(), "data_format": "channels_last"})
+    nhwc.build((None, 7, 8, 4))
+    nhwc.set_weights(conv.get_weights())
+    expected = tf.transpose(nhwc(tf.transpose(x, [0, 2, 3, 1])), [0, 3, 1, 2])
+    np.testing.assert_allclose(y, expected.numpy(), rtol=1e-5, atol=1e-5)
     assert y.shape == (2, 6, 4, 4) == tuple(sparse.compute_output_shape(x.shape))
 
 

@@ -13,6 +13,9 @@ import sys
 # TFMOT and escort_tf need tf_keras; TF reads this when it is first imported.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The dense peer is oneDNN; TF enables it by default only on CPUs
+# with AVX-512 VNNI/BF16 or AMX (else tf.nn.conv2d runs Eigen's kernel).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from escort_tf import benchmark  # noqa: E402
 
