@@ -41,8 +41,9 @@
 //     they add their partial tiles through distributed shared memory in a
 //     fixed rank order before the epilogue. Still one launch, no workspace,
 //     no atomics, deterministic.
-// The tile is chosen by a cost model fitted to H100 measurements
-// (ChooseCsrConvGpuConfig; benchmarks/gpu/NOTES.md has the data).
+// The tile is chosen by a cost model fitted to H100 measurements, its
+// bank-conflict weight to H200 ones (ChooseCsrConvGpuConfig;
+// benchmarks/gpu/NOTES.md has the data).
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
@@ -1032,6 +1033,14 @@ constexpr double kLatencyModel[11] = {2.427,  1.089e-3, 0.3766, 1.102e-4,
 // the two estimates on one scale.
 constexpr double kCyclesPerMicro = 1980.0;
 constexpr double kThroughputScale = 2.0;
+// Share of the hot loop's extra shared-memory wavefronts (bank conflicts of
+// the lane->pixel map, SlotWavefronts) that shows in batch-32 time, chosen on
+// 570 swept tiles of the ten benchmark layers on an H200
+// (benchmarks/results/gpu_b32_smem_sweep_session12.json; e.g. a 27 x 9 tile
+// with 1.94 wavefronts per load ran 17% slower than the 9 x 27 one with
+// 1.56 on caffenet_conv2). Less than 1: the shared pipe is one of several
+// limits.
+constexpr double kConflictWeight = 0.25;
 // Fixed cost of a split, in cycles: on the H100, splitting a batch-1 tile
 // two ways added 7-16 us on nine of the ten benchmark layers and 2 us on
 // the smallest (benchmarks/results/gpu_split_sweep.json), with or without
@@ -1095,7 +1104,10 @@ double EstimateCost(const ConvGeometry& g, double density, int64_t nnz,
                        : std::ceil(rs / 32.0) * (1.5 * windows + per_tap / 4.0);
   const double issue_warp_chunk =
       c.channels_per_warp * (entries * (2.0 * pt + adds + 4.0) + rounds * 45.0 + 20.0);
-  const double lds_warp_chunk = c.channels_per_warp * (entries * (pt + 1.0) + rounds * 6.0);
+  const double wavefronts = SlotWavefronts(g, c, l);
+  const double lds_warp_chunk =
+      c.channels_per_warp *
+      (entries * (pt * (1.0 + kConflictWeight * (wavefronts - 1.0)) + 1.0) + rounds * 6.0);
   const double staging = clen * l.nbti / 32.0;
   // kCostModel[1] was fitted to a copy loop of 22 instructions per float.
   const double staging_per_float = StagingInstructionsPerFloat(g, c.chunk_c);
@@ -1143,7 +1155,7 @@ double EstimateCost(const ConvGeometry& g, double density, int64_t nnz,
   const double hot =
       c.channels_per_warp * part_len *
           (2.0 * pt + adds + 4.0 +
-           kLatencyModel[8] * pt * (SlotWavefronts(g, c, l) - 1.0)) +
+           kLatencyModel[8] * pt * (wavefronts - 1.0)) +
       (pooled ? 0.0 : nch_all * c.channels_per_warp * rounds * 45.0);
   const double stage_w =
       static_cast<double>(std::min<int64_t>(c.chunk_c, g.C)) * nch * l.nbti /
