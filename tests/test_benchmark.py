@@ -85,6 +85,18 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path):
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
 
 
+def test_reports_name_the_dense_kernel_that_ran():
+    machine = {"cpu_model": "cpu", "usable_cores": 2, "tensorflow": "x", "escort_tf": "y",
+               "date_utc": "z", "simd": ["avx2"]}
+    report = {"machine": machine, "results": [], "geomeans": {"skimcaffe": {"1": 2.0}},
+              "settings": {"densities": [benchmark.SKIMCAFFE], "batches": [1], "reps": 1}}
+    # Reports from before the "onednn" field were all measured against oneDNN.
+    assert "tf.nn.conv2d (oneDNN), CPU" in benchmark.layers_markdown(report)
+    machine["onednn"] = False
+    assert "tf.nn.conv2d (Eigen, oneDNN off), CPU" in benchmark.layers_markdown(report)
+    assert benchmark.machine_info()["onednn"] == benchmark.onednn_enabled()
+
+
 def test_bench_cli_rejects_unknown_layer():
     with pytest.raises(SystemExit, match="unknown layer"):
         benchmark.main(["--layers", "no_such_layer"])
