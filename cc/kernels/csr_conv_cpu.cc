@@ -210,12 +210,22 @@ struct Plan {
   std::unique_ptr<int32_t[]> block_starts;
 };
 
+// The line of a band of `rows` output rows: its positions, its vectors, and
+// the near-equal register-block chunks RunUnits splits them into (rather
+// than full blocks plus a thin remainder).
+struct LineSplit {
+  int64_t length, vectors, chunks;
+};
+LineSplit SplitLine(const ConvGeometry& g, const Plan& plan, int64_t rows) {
+  const int64_t length = (rows - 1) * plan.row_pitch + g.Q;
+  const int64_t vectors = CeilDiv(length, plan.kernel.lanes);
+  return {length, vectors, CeilDiv(vectors, plan.kernel.max_vectors)};
+}
+
 // Input channels per block (see kChannelBlockBytes), or C for no blocks.
 int64_t ChannelBlock(const ConvGeometry& g, const Plan& plan, int64_t nnz) {
-  const int64_t line_length = (plan.band_rows - 1) * plan.row_pitch + g.Q;
   const int64_t sweeps =
-      g.N * plan.num_bands *
-      CeilDiv(CeilDiv(line_length, plan.kernel.lanes), plan.kernel.max_vectors);
+      g.N * plan.num_bands * SplitLine(g, plan, plan.band_rows).chunks;
   if (sweeps < kMinSweepsForChannelBlocks || nnz == 0) return g.C;
   // The floats of one channel a chunk reads in each stride-phase plane: its
   // positions shifted by each tap, one span, or one piece per row shift
@@ -556,6 +566,10 @@ void RunUnits(const ConvGeometry& g, const Plan& plan, const float* input,
               int64_t unit_begin, int64_t unit_end) {
   const int lanes = plan.kernel.lanes;
   const int64_t nb = plan.num_channel_blocks;
+  // Without blocks, each row is one range of the filter as given.
+  const float* chunk_values = nb > 1 ? plan.blocked_values : values;
+  const int32_t* starts = nb > 1 ? plan.block_starts.get() : row_offsets;
+  const int64_t starts_stride = nb > 1 ? nb + 1 : 1;
   const int64_t tile_pitch = int64_t{plan.kernel.max_vectors} * lanes;
   // Uninitialised: FillBand writes every plane; only the gaps and the slack,
   // which feed lanes that are dropped, are zeroed here, so that no lane
@@ -582,36 +596,25 @@ void RunUnits(const ConvGeometry& g, const Plan& plan, const float* input,
     PrepareOffsets(plan, values, block, g.K);
     const int64_t k_begin = block * plan.k_block;
     const int64_t k_end = std::min(g.K, k_begin + plan.k_block);
-    const int64_t rows = std::min(plan.band_rows, g.P - p0);
-    const int64_t line_length = (rows - 1) * plan.row_pitch + g.Q;
-    // Split the line's vectors into near-equal register blocks rather than
-    // full blocks plus a thin remainder.
-    const int64_t vectors = CeilDiv(line_length, lanes);
-    const int64_t chunks = CeilDiv(vectors, plan.kernel.max_vectors);
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-      const int64_t v_begin = vectors * chunk / chunks;
-      const int64_t v_end = vectors * (chunk + 1) / chunks;
+    const LineSplit line =
+        SplitLine(g, plan, std::min(plan.band_rows, g.P - p0));
+    for (int64_t chunk = 0; chunk < line.chunks; ++chunk) {
+      const int64_t v_begin = line.vectors * chunk / line.chunks;
+      const int64_t v_end = line.vectors * (chunk + 1) / line.chunks;
       const int64_t m_begin = v_begin * lanes;
-      const int64_t m_end = std::min(line_length, v_end * lanes);
+      const int64_t m_end = std::min(line.length, v_end * lanes);
       for (int64_t k = k_begin; k < k_end; k += kTileChannels) {
         const int64_t k_stop = std::min(k_end, k + kTileChannels);
-        const int num_vectors = static_cast<int>(v_end - v_begin);
-        if (nb == 1) {
+        // One call per input-channel block (one in all without blocks),
+        // bias and activation once, after the last.
+        for (int64_t b = 0; b < nb; ++b) {
+          const bool last = b == nb - 1;
           plan.kernel.chunk(buffer.get() + m_begin, plan.offsets,
-                            values, row_offsets, 1, /*accumulate=*/false, bias,
-                            activation, k, k_stop, num_vectors, tile.get(),
+                            chunk_values, starts + b, starts_stride, b > 0,
+                            last ? bias : nullptr,
+                            last ? activation : Activation::kNone, k, k_stop,
+                            static_cast<int>(v_end - v_begin), tile.get(),
                             tile_pitch);
-        } else {
-          // Bias and activation once, after the last block.
-          for (int64_t b = 0; b < nb; ++b) {
-            const bool last = b == nb - 1;
-            plan.kernel.chunk(buffer.get() + m_begin, plan.offsets,
-                              plan.blocked_values,
-                              plan.block_starts.get() + b, nb + 1, b > 0,
-                              last ? bias : nullptr,
-                              last ? activation : Activation::kNone, k, k_stop,
-                              num_vectors, tile.get(), tile_pitch);
-          }
         }
         StoreTile(g, plan, tile.get(), tile_pitch, n, p0, m_begin, m_end, k,
                   k_stop, output);
