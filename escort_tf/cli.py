@@ -51,6 +51,9 @@ def _parser():
     convert.add_argument("--autotune-batch-size", type=int, default=1, metavar="N",
                          help="batch size autotune times each layer at: the one you will "
                               "serve with (default: %(default)s)")
+    convert.add_argument("--fold-batch-norm", action="store_true",
+                         help="fold each BatchNormalization (and a ReLU after it) that alone "
+                              "follows a convolution into it: faster inference, fewer layers")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing DST")
     # Listed for --help only: main() hands everything after "bench" to the benchmark.
     commands.add_parser("bench", add_help=False,
@@ -135,6 +138,7 @@ def _convert(args):
     converted, report = escort_tf.convert(model, min_sparsity=args.min_sparsity,
                                           autotune=args.autotune,
                                           autotune_batch_size=args.autotune_batch_size,
+                                          fold_batch_norm=args.fold_batch_norm,
                                           return_report=True)
     print(report)
     save_atomically(converted, args.dst, overwrite=args.overwrite)

@@ -31,6 +31,7 @@ import tf_keras
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (
     PruneLowMagnitude)
 
+from escort_tf.fold import fold_batch_norm as _fold_batch_norm
 from escort_tf.layers import SparseConv2D, unsupported_reason
 
 logger = logging.getLogger("escort_tf")
@@ -55,6 +56,8 @@ class LayerReport:
         reason: why, in words.
         sparse_ms: autotune's median time of the sparse layer, if measured.
         dense_ms: autotune's median time of the dense layer, if measured.
+        folded: names of the layers `fold_batch_norm=True` folded into this
+            one (a BatchNormalization, a ReLU), in order.
     """
 
     name: str
@@ -65,6 +68,7 @@ class LayerReport:
     reason: str
     sparse_ms: Optional[float] = None
     dense_ms: Optional[float] = None
+    folded: Tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -255,7 +259,7 @@ def _autotune(plans, batch_size, budget_s):
 
 
 def convert(model, min_sparsity=0.5, autotune=False, *, autotune_batch_size=1,
-            autotune_budget_s=1.0, return_report=False):
+            autotune_budget_s=1.0, fold_batch_norm=False, return_report=False):
     """Returns a copy of `model` whose sparse enough `Conv2D` layers run on the sparse op.
 
     Args:
@@ -268,6 +272,11 @@ def convert(model, min_sparsity=0.5, autotune=False, *, autotune_batch_size=1,
         autotune_batch_size: batch size autotune times with.
         autotune_budget_s: rough time budget per layer for autotune (at least
             three timed calls of each variant are made regardless).
+        fold_batch_norm: if True, fold each `BatchNormalization` that alone
+            follows a convolution into its filter and bias, and a ReLU/ReLU6
+            that then follows into its activation (see `escort_tf.fold`). The
+            model keeps its layer names; the report lists what was folded. The
+            batch norms then compute their inference mode even in training calls.
         return_report: if True, return `(model, ConversionReport)`.
 
     Returns:
@@ -317,6 +326,12 @@ def convert(model, min_sparsity=0.5, autotune=False, *, autotune_batch_size=1,
         layer.set_weights(weights)
 
     rows = [p.row for p in plans.values() if p.row is not None]
+    if fold_batch_norm:
+        converted, removed = _fold_batch_norm(converted)
+        for row in rows:
+            row.folded = tuple(removed.get(row.name, ()))
+            if row.folded:
+                row.reason += f"; folded {', '.join(row.folded)} into it"
     for row in rows:
         logger.info("%s (%s): %s, %s", row.name, row.layer_type, row.decision, row.reason)
     report = ConversionReport(rows)

@@ -168,6 +168,24 @@ def test_autotune_batch_size_reaches_convert(tmp_path, monkeypatch, model_and_in
     assert seen["autotune"] is True and seen["autotune_batch_size"] == 4
 
 
+def test_fold_batch_norm_folds_and_the_report_says_so(tmp_path, capsys, rng):
+    x = tf_keras.Input((6, 6, 2))
+    y = tf_keras.layers.Conv2D(4, 3, name="conv")(x)
+    y = tf_keras.layers.BatchNormalization(name="bn")(y)
+    model = tf_keras.Model(x, tf_keras.layers.ReLU(name="relu")(y))
+    kernel = model.get_layer("conv").kernel
+    kernel.assign(np.where(rng.random(kernel.shape) < 0.8, 0, kernel.numpy()))
+    model.get_layer("bn").moving_mean.assign(rng.standard_normal(4))
+    src, dst = tmp_path / "model.h5", tmp_path / "out"
+    model.save(str(src))
+    assert cli.main(["convert", str(src), str(dst), "--fold-batch-norm"]) == 0
+    assert "folded bn, relu into it" in capsys.readouterr().out
+    loaded = tf_keras.models.load_model(str(dst))
+    assert [type(layer).__name__ for layer in loaded.layers] == ["InputLayer", "SparseConv2D"]
+    data = rng.standard_normal((2, 6, 6, 2)).astype(np.float32)
+    np.testing.assert_allclose(loaded(data).numpy(), model(data).numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_bench_hands_its_arguments_to_the_benchmark(monkeypatch):
     calls = []
     fake = types.SimpleNamespace(main=lambda argv: calls.append(argv) or 3)
