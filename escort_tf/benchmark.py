@@ -44,6 +44,7 @@ import tensorflow as tf
 import tf_keras
 
 import escort_tf
+from escort_tf import fold
 from escort_tf.convert import PruneLowMagnitude
 from escort_tf.csr import CsrFilter
 from escort_tf.ops import sparse_conv2d
@@ -665,7 +666,8 @@ def _conv_summary(model, sparsities: Dict[str, float], converted_names: List[str
 
 def bench_model(name: str, dense, sparse, batches: Sequence[int], reps: int,
                 predict_images: int, predict_batch: int, predict_reps: int,
-                seed: int = 0, progress: Callable[[str], None] = print) -> Dict[str, object]:
+                seed: int = 0, progress: Callable[[str], None] = print,
+                variants: Optional[Dict[str, object]] = None) -> Dict[str, object]:
     """Times a dense model and its converted copy side by side on random inputs.
 
     Per batch size: a `tf.function` model call (`training=False`), the
@@ -681,6 +683,11 @@ def bench_model(name: str, dense, sparse, batches: Sequence[int], reps: int,
         predict_images, predict_batch, predict_reps: the predict timing.
         seed: seeds the inputs.
         progress: called with one line per measurement.
+        variants: more models computing the same function, by a name such as
+            "sparse_folded", timed in the same rounds: each adds "<name>_ms"
+            and "<name>_speedup" (dense time over its time) to every call row
+            and to "predict" ("dataset_<name>_ms", "dataset_<name>_speedup"
+            there too), and its outputs are compared with the dense ones.
 
     Returns:
         {"calls": [{"batch", "dense_ms", "sparse_ms", "speedup", match...}],
@@ -690,21 +697,29 @@ def bench_model(name: str, dense, sparse, batches: Sequence[int], reps: int,
     """
     rng = np.random.default_rng(seed)
     shape = tuple(dense.input_shape[1:])
-    dense_call = tf.function(lambda t: dense(t, training=False))
-    sparse_call = tf.function(lambda t: sparse(t, training=False))
+    models = {"dense": dense, "sparse": sparse, **(variants or {})}
+    calls_of = {kind: tf.function(lambda t, m=m: m(t, training=False))
+                for kind, m in models.items()}
+    others = [kind for kind in models if kind != "dense"]
     calls = []
     for batch in batches:
         x = tf.constant(rng.standard_normal((batch, *shape)).astype(np.float32))
-        check = _outputs_match(sparse_call(x).numpy(), dense_call(x).numpy())
-        times = time_side_by_side(
-            {"dense": lambda: dense_call(x), "sparse": lambda: sparse_call(x)}, reps=reps, warmup=1)
-        row = {"batch": batch, "dense_ms": times["dense"]["median_ms"],
-               "sparse_ms": times["sparse"]["median_ms"], "reps": reps, **check}
+        expected = calls_of["dense"](x).numpy()
+        checks = {kind: _outputs_match(calls_of[kind](x).numpy(), expected) for kind in others}
+        times = time_side_by_side({kind: lambda c=c: c(x) for kind, c in calls_of.items()},
+                                  reps=reps, warmup=1)
+        row = {"batch": batch, "reps": reps, **checks["sparse"],
+               "match": all(c["match"] for c in checks.values()),
+               "max_abs_err": max(c["max_abs_err"] for c in checks.values())}
+        for kind in models:
+            row[f"{kind}_ms"] = times[kind]["median_ms"]
         row["speedup"] = row["dense_ms"] / row["sparse_ms"]
+        for kind in variants or {}:
+            row[f"{kind}_speedup"] = row["dense_ms"] / row[f"{kind}_ms"]
         calls.append(row)
-        progress(f"{name} call batch {batch}: dense {row['dense_ms']:.1f} ms, sparse "
-                 f"{row['sparse_ms']:.1f} ms, speedup {row['speedup']:.2f}x"
-                 + ("" if row["match"] else "  OUTPUT MISMATCH"))
+        progress(f"{name} call batch {batch}: dense {row['dense_ms']:.1f} ms, " + ", ".join(
+            f"{kind} {row[f'{kind}_ms']:.1f} ms ({row['dense_ms'] / row[f'{kind}_ms']:.2f}x)"
+            for kind in others) + ("" if row["match"] else "  OUTPUT MISMATCH"))
     images = rng.standard_normal((predict_images, *shape)).astype(np.float32)
     # predict(numpy) is what users call, but tf_keras feeds it through a tf.data
     # pipeline whose teardown, in about half the calls on the 2-core benchmark
@@ -717,25 +732,31 @@ def bench_model(name: str, dense, sparse, batches: Sequence[int], reps: int,
     dataset = (tf.data.Dataset.from_tensor_slices(images).batch(predict_batch)
                .with_options(no_autotune))
     predict_fns = {}
-    for kind, m in (("dense", dense), ("sparse", sparse)):
+    for kind, m in models.items():
         predict_fns[kind] = lambda m=m: m.predict(images, batch_size=predict_batch, verbose=0)
         predict_fns[kind + "_dataset"] = lambda m=m: m.predict(dataset, verbose=0)
     predict_times = time_side_by_side(predict_fns, reps=predict_reps, warmup=1)
     predict = {"images": predict_images, "batch_size": predict_batch, "reps": predict_reps,
-               "statistic": "min",
-               "dense_ms": predict_times["dense"]["min_ms"],
-               "sparse_ms": predict_times["sparse"]["min_ms"],
-               "dense_median_ms": predict_times["dense"]["median_ms"],
-               "sparse_median_ms": predict_times["sparse"]["median_ms"],
-               "dataset_dense_ms": predict_times["dense_dataset"]["median_ms"],
-               "dataset_sparse_ms": predict_times["sparse_dataset"]["median_ms"]}
+               "statistic": "min"}
+    for kind in models:
+        predict[f"{kind}_ms"] = predict_times[kind]["min_ms"]
+        predict[f"{kind}_median_ms"] = predict_times[kind]["median_ms"]
+        predict[f"dataset_{kind}_ms"] = predict_times[kind + "_dataset"]["median_ms"]
     predict["speedup"] = predict["dense_ms"] / predict["sparse_ms"]
     predict["dataset_speedup"] = predict["dataset_dense_ms"] / predict["dataset_sparse_ms"]
+    for kind in variants or {}:
+        predict[f"{kind}_speedup"] = predict["dense_ms"] / predict[f"{kind}_ms"]
+        predict[f"dataset_{kind}_speedup"] = (predict["dataset_dense_ms"]
+                                              / predict[f"dataset_{kind}_ms"])
     progress(f"{name} predict {predict_images} images, batch {predict_batch}: dense "
-             f"{predict['dense_ms']:.0f} ms, sparse {predict['sparse_ms']:.0f} ms, "
-             f"speedup {predict['speedup']:.2f}x (min); from a dataset without autotuning: "
-             f"dense {predict['dataset_dense_ms']:.0f} ms, sparse "
-             f"{predict['dataset_sparse_ms']:.0f} ms, {predict['dataset_speedup']:.2f}x (median)")
+             f"{predict['dense_ms']:.0f} ms, " + ", ".join(
+                 f"{kind} {predict[f'{kind}_ms']:.0f} ms "
+                 f"({predict['dense_ms'] / predict[f'{kind}_ms']:.2f}x)" for kind in others)
+             + " (min); from a dataset without autotuning: dense "
+             f"{predict['dataset_dense_ms']:.0f} ms, " + ", ".join(
+                 f"{kind} {predict[f'dataset_{kind}_ms']:.0f} ms "
+                 f"({predict['dataset_dense_ms'] / predict[f'dataset_{kind}_ms']:.2f}x)"
+                 for kind in others) + " (median)")
     return {"calls": calls, "predict": predict}
 
 
@@ -800,7 +821,8 @@ def bench_models(names: Sequence[str], image_size: int, batches: Sequence[int], 
                  predict_images: int, predict_batch: int, predict_reps: int,
                  autotune: bool = False, seed: int = 0,
                  progress: Callable[[str], None] = print,
-                 uniform_sparsity: Optional[float] = None) -> Dict[str, object]:
+                 uniform_sparsity: Optional[float] = None,
+                 fold_batch_norm: bool = False) -> Dict[str, object]:
     """Prunes, converts and times each model in `names` (keys of `MODELS`).
 
     Args:
@@ -814,6 +836,11 @@ def bench_models(names: Sequence[str], image_size: int, batches: Sequence[int], 
         progress: called with one line per step and measurement.
         uniform_sparsity: if set, the pruned layers get this sparsity instead
             of the SkimCaffe-like profile (see `uniform_sparsity_of`).
+        fold_batch_norm: also time the converted model with its batch norms
+            and ReLUs folded (`escort_tf.convert(..., fold_batch_norm=True)`),
+            as "sparse_folded", and the dense model with the same folding, as
+            "dense_folded", so the gain of folding is told apart from the
+            sparse kernels'.
 
     Returns:
         {"machine", "settings", "models": [{model info..., "calls", "predict"}]}.
@@ -837,16 +864,24 @@ def bench_models(names: Sequence[str], image_size: int, batches: Sequence[int], 
         dense, sparse, info = prune_and_convert(name, image_size, autotune=autotune,
                                                 progress=progress,
                                                 uniform_sparsity=uniform_sparsity)
+        variants = None
+        if fold_batch_norm:
+            sparse_folded, removed = fold.fold_batch_norm(sparse)
+            variants = {"sparse_folded": sparse_folded,
+                        "dense_folded": fold.fold_batch_norm(dense)[0]}
+            info["folded_layers"] = sum(len(names) for names in removed.values())
+            progress(f"{name}: folded {info['folded_layers']} batch norm and ReLU layers")
         info.update(bench_model(name, dense, sparse, batches, reps, predict_images,
-                                predict_batch, predict_reps, seed=seed, progress=progress))
+                                predict_batch, predict_reps, seed=seed, progress=progress,
+                                variants=variants))
         models.append(info)
-        del dense, sparse
+        del dense, sparse, variants
         tf_keras.backend.clear_session()
     return {
         "machine": machine_info(),
         "settings": {"mode": "models", "image_size": image_size, "batches": list(batches),
                      "reps": reps, "predict_reps": predict_reps, "autotune": autotune,
-                     "uniform_sparsity": uniform_sparsity,
+                     "uniform_sparsity": uniform_sparsity, "fold_batch_norm": fold_batch_norm,
                      "dense": "TFMOT-pruned, stripped tf_keras model",
                      "sparse": f"escort_tf.convert(dense, min_sparsity=0.5, autotune={autotune})",
                      "speedup": "dense_ms / sparse_ms: medians for model calls; for predict "
@@ -879,7 +914,12 @@ def models_markdown(report: Dict[str, object]) -> str:
         f"Speedup = dense / sparse time: medians for model calls; for `predict` on numpy "
         f"input the minimum of the repetitions (tf_keras's tf.data pipeline sleeps 0.4-1.1 s "
         f"at the end of about half the calls here, dense or sparse), and the median for the "
-        f"same images fed as a `tf.data.Dataset` with autotuning off (no such sleep).",
+        f"same images fed as a `tf.data.Dataset` with autotuning off (no such sleep)."
+        + (" Rows marked *folded* time models whose batch norms and ReLUs were folded into "
+           "the convolutions before them: *sparse folded* is `convert(..., "
+           "fold_batch_norm=True)` against the dense model as it is, *both folded* against "
+           "the dense model folded by the same pass." if settings.get("fold_batch_norm")
+           else ""),
         "",
         "| model | conv sparsity | converted layers | what | dense ms | sparse ms | speedup "
         "| outputs match |",
@@ -888,23 +928,37 @@ def models_markdown(report: Dict[str, object]) -> str:
     for m in report["models"]:
         first = [m["model"], f"{m['conv_weight_sparsity']:.1%}",
                  f"{m['converted_layers']}/{m['conv_layers']}"]
-        for c in m["calls"]:
+
+        def row(what, dense_ms, sparse_ms, match="", digits=1):
+            nonlocal first
             lines.append("| " + " | ".join(first + [
-                f"tf.function call, batch {c['batch']}", f"{c['dense_ms']:.1f}",
-                f"{c['sparse_ms']:.1f}", f"**{c['speedup']:.2f}x**",
-                "yes" if c["match"] else f"**no** (max err {c['max_abs_err']:.2g})"]) + " |")
+                what, f"{dense_ms:.{digits}f}", f"{sparse_ms:.{digits}f}",
+                f"**{dense_ms / sparse_ms:.2f}x**", match]) + " |")
             first = ["", "", ""]
+
+        def folded_rows(what, values, prefix="", digits=1):
+            # Written by --fold-batch-norm runs only.
+            if f"{prefix}sparse_folded_ms" in values:
+                row(f"{what}, sparse folded", values[f"{prefix}dense_ms"],
+                    values[f"{prefix}sparse_folded_ms"], digits=digits)
+                row(f"{what}, both folded", values[f"{prefix}dense_folded_ms"],
+                    values[f"{prefix}sparse_folded_ms"], digits=digits)
+
+        for c in m["calls"]:
+            what = f"tf.function call, batch {c['batch']}"
+            row(what, c["dense_ms"], c["sparse_ms"],
+                "yes" if c["match"] else f"**no** (max err {c['max_abs_err']:.2g})")
+            folded_rows(what, c)
         p = m["predict"]
-        lines.append("| " + " | ".join(first + [
-            f"predict, {p['images']} images, batch {p['batch_size']}"
-            + (" (min)" if p.get("statistic") == "min" else ""), f"{p['dense_ms']:.0f}",
-            f"{p['sparse_ms']:.0f}", f"**{p['speedup']:.2f}x**", ""]) + " |")
+        what = (f"predict, {p['images']} images, batch {p['batch_size']}"
+                + (" (min)" if p.get("statistic") == "min" else ""))
+        row(what, p["dense_ms"], p["sparse_ms"], digits=0)
+        folded_rows(what, p, digits=0)
         # .get: reports written before the dataset row existed have no such key.
         if p.get("dataset_speedup") is not None:
-            lines.append("| " + " | ".join(["", "", "",
-                "predict, same images as a dataset without autotuning (median)",
-                f"{p['dataset_dense_ms']:.0f}", f"{p['dataset_sparse_ms']:.0f}",
-                f"**{p['dataset_speedup']:.2f}x**", ""]) + " |")
+            what = "predict, same images as a dataset without autotuning (median)"
+            row(what, p["dataset_dense_ms"], p["dataset_sparse_ms"], digits=0)
+            folded_rows(what, p, prefix="dataset_", digits=0)
     tuned = [m for m in report["models"] if "autotune_sparse" in m]
     if tuned:
         lines += ["", "Autotune (each candidate layer timed alone, sparse vs dense, at batch 1; "
@@ -964,6 +1018,9 @@ def _parser():
     models.add_argument("--predict-batch", type=int, default=8)
     models.add_argument("--autotune", action="store_true",
                         help="convert with autotune=True (time each layer sparse vs dense)")
+    models.add_argument("--fold-batch-norm", action="store_true",
+                        help="also time both models with batch norms and ReLUs folded into "
+                             "the convolutions (convert(..., fold_batch_norm=True))")
     models.add_argument("--sparsity", type=float, default=None, metavar="X",
                         help="prune every layer the SkimCaffe-like profile prunes to X, in "
                              "(0, 1), instead of the profile's per-layer levels")
@@ -1038,7 +1095,8 @@ def _run_models(args, batches):
                           predict_batch=args.predict_batch,
                           predict_reps=args.reps or (3 if args.quick else 5),
                           autotune=args.autotune, seed=args.seed,
-                          uniform_sparsity=args.sparsity)
+                          uniform_sparsity=args.sparsity,
+                          fold_batch_norm=args.fold_batch_norm)
     if args.plot:
         print("--plot applies to layer mode only; no plot written", file=sys.stderr)
     return report, models_markdown(report)

@@ -195,6 +195,36 @@ def test_bench_models_uniform_sparsity_and_autotune_report(monkeypatch):
             f"{model['autotune_dense']} dense") in markdown
 
 
+def test_bench_models_times_folded_variants(monkeypatch):
+    def build(size):
+        L = tf_keras.layers
+        return tf_keras.Sequential([
+            tf_keras.Input((size, size, 2)),
+            L.Conv2D(8, 3, padding="same", name="conv1"), L.BatchNormalization(name="bn1"),
+            L.ReLU(name="relu1"), L.Conv2D(8, 3, name="conv2"),
+            L.BatchNormalization(name="bn2"), L.Flatten(name="flatten")])
+
+    monkeypatch.setitem(benchmark.MODELS, "tiny_bn", (
+        build, lambda layer: 0.8 if isinstance(layer, tf_keras.layers.Conv2D) else 0.0))
+    report = benchmark.bench_models(["tiny_bn"], image_size=6, batches=(2,), reps=1,
+                                    predict_images=4, predict_batch=2, predict_reps=1,
+                                    fold_batch_norm=True, progress=lambda line: None)
+    (model,) = report["models"]
+    assert report["settings"]["fold_batch_norm"] is True
+    assert model["folded_layers"] == 3
+    (call,) = model["calls"]
+    assert call["match"]
+    for kind in ("sparse_folded", "dense_folded"):
+        assert call[f"{kind}_speedup"] == pytest.approx(call["dense_ms"] / call[f"{kind}_ms"])
+        assert _finite_positive(model["predict"][f"{kind}_speedup"])
+        assert _finite_positive(model["predict"][f"dataset_{kind}_speedup"])
+    markdown = benchmark.models_markdown(report)
+    both = next(line for line in markdown.splitlines() if "batch 2, both folded" in line)
+    assert f"{call['dense_folded_ms']:.1f} | {call['sparse_folded_ms']:.1f}" in both
+    assert "batch 2, sparse folded" in markdown and "dataset without autotuning (median), " \
+        "both folded" in markdown
+
+
 def test_models_markdown_names_the_skimcaffe_profile_by_default():
     machine = {"cpu_model": "cpu", "usable_cores": 2, "tensorflow": "x", "escort_tf": "y",
                "date_utc": "z"}

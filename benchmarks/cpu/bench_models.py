@@ -5,8 +5,8 @@ Writes benchmarks/results/cpu_models.{json,md}. Extra arguments go to
 
     TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/cpu/bench_models.py
 
-`--sparsity X` and `--autotune` also name the results, so each configuration
-keeps its own files; the 70%-sparsity autotune run writes
+`--sparsity X`, `--autotune` and `--fold-batch-norm` also name the results, so
+each configuration keeps its own files; the 70%-sparsity autotune run writes
 benchmarks/results/cpu_models_70_autotune.{json,md}:
 
     TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/cpu/bench_models.py --sparsity 0.7 --autotune
@@ -30,7 +30,7 @@ RESULTS = pathlib.Path(__file__).resolve().parent.parent / "results"
 
 
 def results_stem(argv):
-    """The results' file name without extension: cpu_models[_<percent>][_autotune].
+    """The results' file name without extension: cpu_models[_<percent>][_autotune][_fold].
 
     Only peeks at the two options; `escort-tf bench` parses and validates all
     of them (an invalid --sparsity still fails there with its own message).
@@ -39,13 +39,15 @@ def results_stem(argv):
     peek = argparse.ArgumentParser(add_help=False)
     peek.add_argument("--sparsity", default=None)
     peek.add_argument("--autotune", action="store_true")
+    peek.add_argument("--fold-batch-norm", action="store_true")
     known, _ = peek.parse_known_args(argv)
     stem = "cpu_models"
     try:
         stem += f"_{100 * float(known.sparsity):g}"
     except (TypeError, ValueError):  # not given, or not a number
         pass
-    return stem + ("_autotune" if known.autotune else "")
+    return (stem + ("_autotune" if known.autotune else "")
+            + ("_fold" if known.fold_batch_norm else ""))
 
 
 if __name__ == "__main__":
