@@ -9,7 +9,8 @@ through a SavedModel round trip.
 
 Part 2 times a ResNet-50 (tf_keras.applications, random weights) pruned to
 SkimCaffe-like per-layer sparsity, dense vs converted, with the helpers of
-`escort_tf.benchmark`.
+`escort_tf.benchmark`; and converted with its batch norms and ReLUs folded into
+the convolutions (`convert(..., fold_batch_norm=True)`).
 
     TF_USE_LEGACY_KERAS=1 .venv/bin/python examples/demo.py [--quick] [--skip-resnet]
 """
@@ -31,7 +32,7 @@ from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 import escort_tf  # noqa: E402  (also registers the op for SavedModel loading)
-from escort_tf import benchmark  # noqa: E402
+from escort_tf import benchmark, fold  # noqa: E402
 
 TARGET_SPARSITY = 0.90
 L = tf_keras.layers
@@ -176,16 +177,21 @@ def run_digits(epochs=6, prune_epochs=6, timing_reps=5, verbose=2):
 
 
 def run_resnet50(image_size=224, reps=2):
-    """Part 2: ResNet-50 pruned SkimCaffe-like, dense vs converted timing."""
+    """Part 2: ResNet-50 pruned SkimCaffe-like, dense vs converted (and folded) timing."""
     step(f"ResNet-50 at {image_size}x{image_size}: building, pruning with TFMOT "
          f"(3x3 layers 85/93/97/98% in res2..res5), converting")
     dense, sparse, info = benchmark.prune_and_convert("resnet50", image_size,
                                                       progress=lambda line: step(line))
     step(f"conv weights {info['conv_weight_sparsity']:.1%} sparse; "
          f"{info['converted_layers']} of {info['conv_layers']} conv layers converted")
+    # What convert(..., fold_batch_norm=True) would have returned.
+    folded, removed = fold.fold_batch_norm(sparse)
+    step(f"fold_batch_norm=True folds {sum(map(len, removed.values()))} batch norm and ReLU "
+         f"layers into {len(removed)} convolutions")
     timing = benchmark.bench_model("resnet50", dense, sparse, batches=(1, 8), reps=reps,
                                    predict_images=16, predict_batch=8, predict_reps=2,
-                                   progress=lambda line: step(line))
+                                   progress=lambda line: step(line),
+                                   variants={"sparse_folded": folded})
     return {**info, **timing}
 
 
