@@ -128,8 +128,7 @@ class _Graph:
             return None
         if not self.sequential:
             (node,) = self.entries[reader]["inbound_nodes"]
-            if len(node) != 1 or list(_refs(node[0][3:])) or node[0][3:] not in (
-                    [], [{}], [{"training": False}]):
+            if len(node) != 1 or node[0][3:] not in ([], [{}], [{"training": False}]):
                 return None
         return self.layers[reader]
 
