@@ -23,6 +23,7 @@ import tf_keras
 
 import escort_tf  # also registers the op, for sources that already hold SparseConv2D
 from escort_tf import benchmark
+from escort_tf.fold import foldable_layers
 
 _EPILOG = ("Loading a converted SavedModel needs the op registered first: "
            "`import escort_tf` before tf.saved_model.load / tf_keras.models.load_model.")
@@ -141,6 +142,11 @@ def _convert(args):
                                           fold_batch_norm=args.fold_batch_norm,
                                           return_report=True)
     print(report)
+    if not args.fold_batch_norm:
+        foldable = sum(map(len, foldable_layers(converted).values()))
+        if foldable:
+            print(f"\n{foldable} batch norm and ReLU layers could be folded into the "
+                  "convolutions before them: --fold-batch-norm makes inference faster")
     save_atomically(converted, args.dst, overwrite=args.overwrite)
     sparse = sum(row.decision == "sparse" for row in report)
     print(f"\nwrote {args.dst}: {sparse} of {len(report)} layers with a kernel now sparse")

@@ -23,7 +23,7 @@ Example:
     removed   # {"conv1_conv": ["conv1_bn", "conv1_relu"], ...}
 """
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import tf_keras
@@ -149,6 +149,44 @@ def _folded_weights(conv, batch_norm) -> List[np.ndarray]:
     return [(conv.kernel.numpy() * scale).astype(dtype), folded_bias]
 
 
+class _Link(NamedTuple):
+    """What folds into one convolution: a batch norm, an activation layer, or both."""
+
+    batch_norm: Optional[tf_keras.layers.Layer]
+    activation_layer: Optional[tf_keras.layers.Layer]
+    activation: Optional[str]  # "relu" or "relu6" when activation_layer is set
+
+    def names(self) -> List[str]:
+        return [layer.name for layer in (self.batch_norm, self.activation_layer) if layer]
+
+
+def _find_links(model, graph: _Graph) -> Dict[str, _Link]:
+    links = {}
+    for conv in model.layers:
+        if not (_is_foldable_conv(conv) and graph.called_once(conv.name)):
+            continue
+        batch_norm = graph.sole_reader(conv.name)
+        if batch_norm is None or not _is_foldable_batch_norm(batch_norm, conv.data_format):
+            batch_norm = None
+        activation_layer = graph.sole_reader(batch_norm.name if batch_norm else conv.name)
+        activation = activation_layer and _fused_activation(activation_layer)
+        if batch_norm or activation:
+            links[conv.name] = _Link(batch_norm, activation_layer if activation else None,
+                                     activation or None)
+    return links
+
+
+def foldable_layers(model) -> Dict[str, List[str]]:
+    """What `fold_batch_norm(model)` would fold: conv name -> folded layer names. Changes nothing.
+
+    Example:
+
+        n = sum(map(len, foldable_layers(model).values()))
+    """
+    graph = _Graph(model, model.get_config())
+    return {conv: link.names() for conv, link in _find_links(model, graph).items()}
+
+
 def fold_batch_norm(model) -> Tuple[tf_keras.Model, Dict[str, List[str]]]:
     """Folds each batch norm and ReLU that alone follows a convolution into it.
 
@@ -158,8 +196,9 @@ def fold_batch_norm(model) -> Tuple[tf_keras.Model, Dict[str, List[str]]]:
             are copied as they are.
 
     Returns:
-        `(folded_model, removed)`: a new model of the same class, and for each
-        convolution that absorbed layers, their names in order.
+        `(folded_model, removed)`: a new model of the same class (`model`
+        itself if nothing folds), and for each convolution that absorbed
+        layers, their names in order.
 
     Example:
 
@@ -167,25 +206,18 @@ def fold_batch_norm(model) -> Tuple[tf_keras.Model, Dict[str, List[str]]]:
     """
     config = model.get_config()
     graph = _Graph(model, config)
-    removed: Dict[str, List[str]] = {}
+    links = _find_links(model, graph)
+    if not links:
+        return model, {}
+    removed = {conv: link.names() for conv, link in links.items()}
     folded_weights: Dict[str, List[np.ndarray]] = {}
-    for conv in model.layers:
-        if not (_is_foldable_conv(conv) and graph.called_once(conv.name)):
-            continue
-        tail = conv.name
-        batch_norm = graph.sole_reader(tail)
-        if batch_norm is not None and _is_foldable_batch_norm(batch_norm, conv.data_format):
-            folded_weights[conv.name] = _folded_weights(conv, batch_norm)
-            graph.entries[conv.name]["config"]["use_bias"] = True
-            removed[conv.name] = [batch_norm.name]
-            tail = batch_norm.name
-        activation_layer = graph.sole_reader(tail)
-        activation = activation_layer and _fused_activation(activation_layer)
-        if activation:
-            graph.entries[conv.name]["config"]["activation"] = activation
-            removed.setdefault(conv.name, []).append(activation_layer.name)
-    if not removed:
-        return model, removed
+    for conv, link in links.items():
+        conv_config = graph.entries[conv]["config"]
+        if link.batch_norm:
+            folded_weights[conv] = _folded_weights(graph.layers[conv], link.batch_norm)
+            conv_config["use_bias"] = True
+        if link.activation:
+            conv_config["activation"] = link.activation
 
     renames = {name: conv for conv, names in removed.items() for name in names}
     config["layers"] = [_renamed(entry, renames) for entry in config["layers"]

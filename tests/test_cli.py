@@ -178,8 +178,11 @@ def test_fold_batch_norm_folds_and_the_report_says_so(tmp_path, capsys, rng):
     model.get_layer("bn").moving_mean.assign(rng.standard_normal(4))
     src, dst = tmp_path / "model.h5", tmp_path / "out"
     model.save(str(src))
+    assert cli.main(["convert", str(src), str(tmp_path / "unfolded")]) == 0
+    assert "2 batch norm and ReLU layers could be folded" in capsys.readouterr().out
     assert cli.main(["convert", str(src), str(dst), "--fold-batch-norm"]) == 0
-    assert "folded bn, relu into it" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "folded bn, relu into it" in out and "could be folded" not in out
     loaded = tf_keras.models.load_model(str(dst))
     assert [type(layer).__name__ for layer in loaded.layers] == ["InputLayer", "SparseConv2D"]
     data = rng.standard_normal((2, 6, 6, 2)).astype(np.float32)

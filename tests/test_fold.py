@@ -5,7 +5,7 @@ import pytest
 import tf_keras
 
 import escort_tf
-from escort_tf.fold import fold_batch_norm
+from escort_tf.fold import fold_batch_norm, foldable_layers
 from escort_tf.layers import SparseConv2D
 
 L = tf_keras.layers
@@ -70,6 +70,15 @@ def test_folds_a_bottleneck_block(rng, min_sparsity):
         layer = converted.get_layer(name)
         assert type(layer) is conv_type and layer.use_bias
         assert tf_keras.activations.serialize(layer.activation) == activation
+
+
+def test_foldable_layers_names_what_fold_would_remove(rng):
+    model = randomize(bottleneck(), rng)
+    converted = escort_tf.convert(model)
+    layers = list(converted.layers)
+    assert foldable_layers(converted) == fold_batch_norm(converted)[1] == {
+        "c1": ["c1_bn", "c1_relu"], "c2": ["c2_bn", "c2_relu"], "c3": ["c3_bn"], "c0": ["c0_bn"]}
+    assert converted.layers == layers
 
 
 def test_default_keeps_every_layer(rng):
