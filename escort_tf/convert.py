@@ -6,6 +6,8 @@ kernel, times its pruning mask, is at least `min_sparsity` zeros becomes a
 `SparseConv2D`; every other layer is cloned dense with its (masked) weights,
 and pruning wrappers are stripped. Unsupported layers are kept dense with the
 reason logged on the "escort_tf" logger and recorded in a `ConversionReport`.
+With `fold_batch_norm=True` batch norms and ReLUs are then folded into the
+convolutions before them (`escort_tf.fold`).
 
 Example:
 
@@ -274,8 +276,8 @@ def convert(model, min_sparsity=0.5, autotune=False, *, autotune_batch_size=1,
             three timed calls of each variant are made regardless).
         fold_batch_norm: if True, fold each `BatchNormalization` that alone
             follows a convolution into its filter and bias, and a ReLU/ReLU6
-            that then follows into its activation (see `escort_tf.fold`). The
-            model keeps its layer names; the report lists what was folded. The
+            that then follows into its activation (see `escort_tf.fold`). Kept
+            layers keep their names; the report lists what was folded. The
             batch norms then compute their inference mode even in training calls.
         return_report: if True, return `(model, ConversionReport)`.
 
