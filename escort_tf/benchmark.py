@@ -701,6 +701,11 @@ def bench_model(name: str, dense, sparse, batches: Sequence[int], reps: int,
     calls_of = {kind: tf.function(lambda t, m=m: m(t, training=False))
                 for kind, m in models.items()}
     others = [kind for kind in models if kind != "dense"]
+
+    def speedup_key(kind, prefix=""):
+        # The converted model's ratio keeps its original key, "speedup".
+        return prefix + ("speedup" if kind == "sparse" else f"{kind}_speedup")
+
     calls = []
     for batch in batches:
         x = tf.constant(rng.standard_normal((batch, *shape)).astype(np.float32))
@@ -713,12 +718,11 @@ def bench_model(name: str, dense, sparse, batches: Sequence[int], reps: int,
                "max_abs_err": max(c["max_abs_err"] for c in checks.values())}
         for kind in models:
             row[f"{kind}_ms"] = times[kind]["median_ms"]
-        row["speedup"] = row["dense_ms"] / row["sparse_ms"]
-        for kind in variants or {}:
-            row[f"{kind}_speedup"] = row["dense_ms"] / row[f"{kind}_ms"]
+        for kind in others:
+            row[speedup_key(kind)] = row["dense_ms"] / row[f"{kind}_ms"]
         calls.append(row)
         progress(f"{name} call batch {batch}: dense {row['dense_ms']:.1f} ms, " + ", ".join(
-            f"{kind} {row[f'{kind}_ms']:.1f} ms ({row['dense_ms'] / row[f'{kind}_ms']:.2f}x)"
+            f"{kind} {row[f'{kind}_ms']:.1f} ms ({row[speedup_key(kind)]:.2f}x)"
             for kind in others) + ("" if row["match"] else "  OUTPUT MISMATCH"))
     images = rng.standard_normal((predict_images, *shape)).astype(np.float32)
     # predict(numpy) is what users call, but tf_keras feeds it through a tf.data
@@ -742,21 +746,19 @@ def bench_model(name: str, dense, sparse, batches: Sequence[int], reps: int,
         predict[f"{kind}_ms"] = predict_times[kind]["min_ms"]
         predict[f"{kind}_median_ms"] = predict_times[kind]["median_ms"]
         predict[f"dataset_{kind}_ms"] = predict_times[kind + "_dataset"]["median_ms"]
-    predict["speedup"] = predict["dense_ms"] / predict["sparse_ms"]
-    predict["dataset_speedup"] = predict["dataset_dense_ms"] / predict["dataset_sparse_ms"]
-    for kind in variants or {}:
-        predict[f"{kind}_speedup"] = predict["dense_ms"] / predict[f"{kind}_ms"]
-        predict[f"dataset_{kind}_speedup"] = (predict["dataset_dense_ms"]
-                                              / predict[f"dataset_{kind}_ms"])
-    progress(f"{name} predict {predict_images} images, batch {predict_batch}: dense "
-             f"{predict['dense_ms']:.0f} ms, " + ", ".join(
-                 f"{kind} {predict[f'{kind}_ms']:.0f} ms "
-                 f"({predict['dense_ms'] / predict[f'{kind}_ms']:.2f}x)" for kind in others)
-             + " (min); from a dataset without autotuning: dense "
-             f"{predict['dataset_dense_ms']:.0f} ms, " + ", ".join(
-                 f"{kind} {predict[f'dataset_{kind}_ms']:.0f} ms "
-                 f"({predict['dataset_dense_ms'] / predict[f'dataset_{kind}_ms']:.2f}x)"
-                 for kind in others) + " (median)")
+    for prefix in ("", "dataset_"):
+        for kind in others:
+            predict[speedup_key(kind, prefix)] = (predict[f"{prefix}dense_ms"]
+                                                  / predict[f"{prefix}{kind}_ms"])
+
+    def summary(prefix):
+        return f"dense {predict[f'{prefix}dense_ms']:.0f} ms, " + ", ".join(
+            f"{kind} {predict[f'{prefix}{kind}_ms']:.0f} ms "
+            f"({predict[speedup_key(kind, prefix)]:.2f}x)" for kind in others)
+
+    progress(f"{name} predict {predict_images} images, batch {predict_batch}: "
+             f"{summary('')} (min); from a dataset without autotuning: "
+             f"{summary('dataset_')} (median)")
     return {"calls": calls, "predict": predict}
 
 

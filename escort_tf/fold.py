@@ -150,11 +150,10 @@ def _folded_weights(conv, batch_norm) -> List[np.ndarray]:
 
 
 class _Link(NamedTuple):
-    """What folds into one convolution: a batch norm, an activation layer, or both."""
+    """What folds into one convolution: a batch norm, a ReLU/ReLU6 layer, or both."""
 
     batch_norm: Optional[tf_keras.layers.Layer]
     activation_layer: Optional[tf_keras.layers.Layer]
-    activation: Optional[str]  # "relu" or "relu6" when activation_layer is set
 
     def names(self) -> List[str]:
         return [layer.name for layer in (self.batch_norm, self.activation_layer) if layer]
@@ -169,10 +168,10 @@ def _find_links(model, graph: _Graph) -> Dict[str, _Link]:
         if batch_norm is None or not _is_foldable_batch_norm(batch_norm, conv.data_format):
             batch_norm = None
         activation_layer = graph.sole_reader(batch_norm.name if batch_norm else conv.name)
-        activation = activation_layer and _fused_activation(activation_layer)
-        if batch_norm or activation:
-            links[conv.name] = _Link(batch_norm, activation_layer if activation else None,
-                                     activation or None)
+        if activation_layer is None or _fused_activation(activation_layer) is None:
+            activation_layer = None
+        if batch_norm or activation_layer:
+            links[conv.name] = _Link(batch_norm, activation_layer)
     return links
 
 
@@ -216,8 +215,8 @@ def fold_batch_norm(model) -> Tuple[tf_keras.Model, Dict[str, List[str]]]:
         if link.batch_norm:
             folded_weights[conv] = _folded_weights(graph.layers[conv], link.batch_norm)
             conv_config["use_bias"] = True
-        if link.activation:
-            conv_config["activation"] = link.activation
+        if link.activation_layer:
+            conv_config["activation"] = _fused_activation(link.activation_layer)
 
     renames = {name: conv for conv, names in removed.items() for name in names}
     config["layers"] = [_renamed(entry, renames) for entry in config["layers"]
