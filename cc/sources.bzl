@@ -20,10 +20,12 @@ KERNEL_SRCS = [
 
 # Layer 1 CUDA: compiled with nvcc, only when a CUDA toolkit is present.
 GPU_KERNEL_HDRS = [
+    "cc/kernels/cast_gpu.h",
     "cc/kernels/csr_conv_gpu.h",
 ]
 
 GPU_KERNEL_SRCS = [
+    "cc/kernels/cast_gpu.cu",
     "cc/kernels/csr_conv_gpu.cu",
 ]
 
