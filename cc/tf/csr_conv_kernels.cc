@@ -30,6 +30,21 @@ CsrConv2DOpBase::CsrConv2DOpBase(OpKernelConstruction* context)
 absl::Status CsrConv2DOpBase::ValidateAndAllocate(
     OpKernelContext* context, escort::ConvGeometry* geometry,
     Tensor** output) {
+  // The filter first: no output is allocated for a malformed one.
+  TF_RETURN_IF_ERROR(ValidateShapes(context, geometry));
+  TF_RETURN_IF_ERROR(ValidateFilter(context, *geometry));
+  return AllocateOutput(context, *geometry, output);
+}
+
+absl::Status CsrConv2DOpBase::ValidateShapesAndAllocate(
+    OpKernelContext* context, escort::ConvGeometry* geometry,
+    Tensor** output) {
+  TF_RETURN_IF_ERROR(ValidateShapes(context, geometry));
+  return AllocateOutput(context, *geometry, output);
+}
+
+absl::Status CsrConv2DOpBase::ValidateShapes(
+    OpKernelContext* context, escort::ConvGeometry* geometry) const {
   const Tensor& input = context->input(0);
   const Tensor& row_offsets = context->input(1);
   const Tensor& column_indices = context->input(2);
@@ -69,19 +84,31 @@ absl::Status CsrConv2DOpBase::ValidateAndAllocate(
   if (!geometry_error.empty()) {
     return errors::InvalidArgument(geometry_error);
   }
+  return absl::OkStatus();
+}
 
+absl::Status CsrConv2DOpBase::ValidateFilter(
+    OpKernelContext* context, const escort::ConvGeometry& geometry) const {
+  const Tensor& row_offsets = context->input(1);
+  const Tensor& column_indices = context->input(2);
   const std::string filter_error = escort::ValidateCsrFilter(
-      out_channels, geometry->FilterColumns(),
+      geometry.K, geometry.FilterColumns(),
       row_offsets.flat<int32_t>().data(), row_offsets.NumElements(),
       column_indices.flat<int32_t>().data(), column_indices.NumElements(),
-      values.NumElements());
+      context->input(3).NumElements());
   if (!filter_error.empty()) {
     return errors::InvalidArgument(filter_error);
   }
+  return absl::OkStatus();
+}
 
+absl::Status CsrConv2DOpBase::AllocateOutput(
+    OpKernelContext* context, const escort::ConvGeometry& geometry,
+    Tensor** output) const {
   const TensorShape output_shape =
-      nhwc ? TensorShape({geometry->N, geometry->P, geometry->Q, geometry->K})
-           : TensorShape({geometry->N, geometry->K, geometry->P, geometry->Q});
+      attrs_.data_format == escort::DataFormat::kNHWC
+          ? TensorShape({geometry.N, geometry.P, geometry.Q, geometry.K})
+          : TensorShape({geometry.N, geometry.K, geometry.P, geometry.Q});
   return context->allocate_output(0, output_shape, output);
 }
 

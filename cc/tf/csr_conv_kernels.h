@@ -18,16 +18,34 @@ class CsrConv2DOpBase : public OpKernel {
   explicit CsrConv2DOpBase(OpKernelConstruction* context);
 
  protected:
-  // Checks the inputs (row_offsets and column_indices must be in host
+  // Checks every input (row_offsets and column_indices must be in host
   // memory), computes the geometry and allocates the output. The caller
   // launches no kernel on an error or an empty output.
   absl::Status ValidateAndAllocate(OpKernelContext* context,
-                           escort::ConvGeometry* geometry, Tensor** output);
+                                   escort::ConvGeometry* geometry,
+                                   Tensor** output);
+
+  // ValidateAndAllocate in two parts, for a kernel that keeps a filter it
+  // has already validated: ValidateShapesAndAllocate checks everything but
+  // the contents of the CSR arrays (their ranks, the attributes, the
+  // geometry, the bias length) in constant time; ValidateFilter then checks
+  // the CSR arrays themselves, in time linear in their size.
+  absl::Status ValidateShapesAndAllocate(OpKernelContext* context,
+                                         escort::ConvGeometry* geometry,
+                                         Tensor** output);
+  absl::Status ValidateFilter(OpKernelContext* context,
+                              const escort::ConvGeometry& geometry) const;
 
   escort::Activation activation() const { return activation_; }
   int64_t in_channels() const { return filter_shape_[2]; }
 
  private:
+  absl::Status ValidateShapes(OpKernelContext* context,
+                              escort::ConvGeometry* geometry) const;
+  absl::Status AllocateOutput(OpKernelContext* context,
+                              const escort::ConvGeometry& geometry,
+                              Tensor** output) const;
+
   escort::ConvAttrs attrs_;
   std::vector<int64_t> filter_shape_;
   escort::Activation activation_ = escort::Activation::kNone;
