@@ -3,12 +3,18 @@
 TFMOT works only with tf_keras, which TensorFlow picks when
 TF_USE_LEGACY_KERAS=1 is set before it is first imported; pytest imports
 conftest.py before any test module, so setting it here covers the suite.
+The same holds for the TF32 switch below.
 """
 
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# On a GPU, TensorFlow's default fp32 convolutions and matmuls round their
+# inputs to TF32 (10-bit mantissa), so tf.nn.conv2d would be a poor
+# reference: the suite compares in true fp32. cuDNN and cuBLAS read this at
+# start-up, in this process and in the subprocesses that tests start.
+os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

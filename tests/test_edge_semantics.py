@@ -80,10 +80,12 @@ def test_non_finite_weight_multiplies_the_zero_padding(weight, dilations):
     # Padding is zeros that get multiplied, as in a dense conv over a
     # zero-padded input: 0 * NaN = NaN even where the tap lies in the padding.
     # (tf.nn.conv2d's oneDNN kernel skips padded taps and stays finite there;
-    # the README says so.) Both CPU paths must agree.
+    # the README says so.) Both CPU paths must agree, so this runs on the CPU
+    # also where a GPU is present (tests/gpu has the GPU kernel's case).
     kernel = np.zeros((3, 3, 1, 1), np.float32)
     kernel[0, 0, 0, 0] = weight  # top-left tap: in the padding on the first row/column
-    y = conv(np.ones((1, 4, 4, 1), np.float32), kernel, dilations=dilations)
+    with tf.device("/CPU:0"):
+        y = conv(np.ones((1, 4, 4, 1), np.float32), kernel, dilations=dilations)
     assert np.isnan(y[0, 0, :, 0]).all() and np.isnan(y[0, :, 0, 0]).all()
 
 
@@ -113,7 +115,9 @@ def test_bfloat16_has_float32_range():
 _DILATION_SCRIPT = textwrap.dedent("""
     import resource
     import numpy as np
+    import tensorflow as tf
     import escort_tf
+    tf.config.set_visible_devices([], "GPU")  # the CPU kernel's band buffer is measured
     kernel = np.zeros((5, 1, 4, 5), np.float32)
     kernel[0, 0, 0, 0] = 1.0
     csr = escort_tf.CsrFilter.from_dense(kernel)
