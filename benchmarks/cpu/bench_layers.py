@@ -4,6 +4,9 @@ Writes benchmarks/results/cpu_layers.{json,md,png}. Extra arguments go to
 `escort-tf bench` (e.g. `--quick`, `--layers resnet50_res3_3x3`):
 
     TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/cpu/bench_layers.py
+
+The committed cpu_layers.* came from `... bench_layers.py --densities skimcaffe`;
+earlier runs (with the 70% and 90% rows too) are in benchmarks/results/history/.
 """
 
 import os

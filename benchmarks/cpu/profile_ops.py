@@ -6,7 +6,11 @@ the TF profiler and sums the host events of each op type (inter-op threads
 run ops side by side, so the sums can exceed the wall time):
 
     TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/cpu/profile_ops.py \\
-        --model resnet50 --batch 8 --markdown benchmarks/results/cpu_profile_resnet50_b8.md
+        --model resnet50 --batch 8 \\
+        --markdown benchmarks/results/history/cpu_profile_resnet50_b8_avx2-epyc_2026-12-02.md
+
+(that is how the committed profile was written, on the AVX2-only EPYC host;
+name a new one by its host and date).
 """
 
 import argparse

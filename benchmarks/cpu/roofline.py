@@ -4,9 +4,13 @@
 
 The broadcast-FMA kernel moves, per nonzero and register block, 8 vectors of
 band data from L2 into L1; `load_ceiling.cc` times exactly that loop on the
-machine (`benchmarks/results/cpu_load_ceiling.txt`: 34-48 useful GFLOPS per
-core from a 160 KB buffer, 32-36 from 800 KB; the ~320 KB band buffer lies
-between, hence the default of 43). A layer's floor is its useful (nonzero-weight) flops at
+machine (on the AVX-512 EPYC host,
+`benchmarks/results/history/cpu_load_ceiling_avx512-epyc.txt`: 34-48 useful
+GFLOPS per core from a 160 KB buffer, 32-36 from 800 KB; the ~320 KB band
+buffer lies between, hence the default of 43; the table in
+benchmarks/cpu/NOTES.md is this script on that host's
+`history/cpu_layers_avx512-epyc_2026-11-25_pool-wake_run2.json`; time
+`load_ceiling.cc` on another host before using its rate). A layer's floor is its useful (nonzero-weight) flops at
 that rate on every core; dense time over the floor is the largest speedup
 the design can show there. Prints a markdown table for the SkimCaffe
 densities.

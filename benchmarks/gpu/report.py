@@ -1,6 +1,6 @@
 """Markdown table of a bench.json: per-layer times, ratios, roofline floors.
 
-  python3 report.py bench.json > gpu_bench.md
+  python3 report.py bench.json > gpu_layers_h200.md
 
 Floors per layer (METHOD.md's two numbers, from the ceilings measured in the
 same run): bytes = input + output + CSR filter read/written once over the

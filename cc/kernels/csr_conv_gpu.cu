@@ -1023,8 +1023,9 @@ constexpr double kCostModel[5] = {86.0, 5.94, 16.8, 1.1, 3.99};
 //         + list-building instructions + [6]   (per warp)
 // [0]-[9] fitted (least squares on log time, 6,000 tiles of the ten
 // benchmark layers, 9% rms error) to the H100 batch-1 sweeps in
-// benchmarks/results/gpu_b1_sweep*.json; [10] alone to 438 tiles around the
-// heuristic's (benchmarks/results/gpu_b1_one_chunk_sweep.json).
+// benchmarks/results/history/gpu_sweep_b1_h100_v11.json and _v12.json; [10]
+// alone to 438 tiles around the heuristic's
+// (benchmarks/results/history/gpu_sweep_b1_h100_v14_one-chunk.json).
 constexpr double kLatencyModel[11] = {2.427,  1.089e-3, 0.3766, 1.102e-4,
                                       2.744,  86.68,    849.6,  0.1226,
                                       2.228,  0.1618,   31.9};
@@ -1036,16 +1037,16 @@ constexpr double kThroughputScale = 2.0;
 // Share of the hot loop's extra shared-memory wavefronts (bank conflicts of
 // the lane->pixel map, SlotWavefronts) that shows in batch-32 time, chosen on
 // 570 swept tiles of the ten benchmark layers on an H200
-// (benchmarks/results/gpu_b32_smem_sweep_session12.json; e.g. a 27 x 9 tile
-// with 1.94 wavefronts per load ran 17% slower than the 9 x 27 one with
-// 1.56 on caffenet_conv2). Less than 1: the shared pipe is one of several
-// limits.
+// (benchmarks/results/history/gpu_sweep_b32_h200_v15_smem.json; e.g. a
+// 27 x 9 tile with 1.94 wavefronts per load ran 17% slower than the 9 x 27
+// one with 1.56 on caffenet_conv2). Less than 1: the shared pipe is one of
+// several limits.
 constexpr double kConflictWeight = 0.25;
 // Fixed cost of a split, in cycles: on the H100, splitting a batch-1 tile
 // two ways added 7-16 us on nine of the ten benchmark layers and 2 us on
-// the smallest (benchmarks/results/gpu_split_sweep.json), with or without
-// the row preload (benchmarks/gpu/NOTES.md). With this value the model
-// splits only where the sweeps measured a gain.
+// the smallest (benchmarks/results/history/gpu_sweep_h100_v9_split.json),
+// with or without the row preload (benchmarks/gpu/NOTES.md). With this
+// value the model splits only where the sweeps measured a gain.
 constexpr double kSplitCycles = 14000.0;
 
 // Mean shared-memory wavefronts of one hot-loop slot load (1: conflict
