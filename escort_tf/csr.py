@@ -204,9 +204,13 @@ class CsrFilter:
         """Returns the dense HWIO kernel as a numpy array of `self.dtype`."""
         kh, kw, cin, cout = self._filter_shape
         rows = np.zeros((cout, kh * kw * cin), self._values.dtype)
-        row_ids = np.repeat(np.arange(cout), np.diff(self._row_offsets))
-        rows[row_ids, self._column_indices] = self._values
+        rows[self.row_ids, self._column_indices] = self._values
         return np.transpose(rows.reshape(cout, kh, kw, cin), [1, 2, 3, 0])
+
+    @property
+    def row_ids(self):
+        """int64 `[nnz]`: the row (output channel) of each stored weight."""
+        return np.repeat(np.arange(self._filter_shape[3]), np.diff(self._row_offsets))
 
     @property
     def row_offsets(self):

@@ -28,6 +28,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 import tf_keras
 
+from escort_tf.activations import activation_layer_name
 from escort_tf.layers import SparseConv2D
 
 # The channel axis of each data format, in both signs BatchNormalization accepts.
@@ -47,20 +48,6 @@ def _is_foldable_batch_norm(layer, data_format: str) -> bool:
     if layer.renorm or layer.virtual_batch_size or layer.adjustment or layer.synchronized:
         return False  # inference is not the plain per-channel affine map
     return len(layer.axis) == 1 and layer.axis[0] in _CHANNEL_AXES[data_format]
-
-
-def _fused_activation(layer) -> Optional[str]:
-    """"relu" or "relu6" if `layer` is exactly that activation layer, else None."""
-    if type(layer) is tf_keras.layers.Activation:
-        name = tf_keras.activations.serialize(layer.activation)
-        return name if name in ("relu", "relu6") else None
-    if type(layer) is tf_keras.layers.ReLU:
-        if float(layer.negative_slope) != 0.0 or float(layer.threshold) != 0.0:
-            return None
-        if layer.max_value is None:
-            return "relu"
-        return "relu6" if float(layer.max_value) == 6.0 else None
-    return None
 
 
 def _is_ref(item) -> bool:
@@ -133,8 +120,11 @@ class _Graph:
         return self.layers[reader]
 
 
-def _folded_weights(conv, batch_norm) -> List[np.ndarray]:
-    """The weights of `conv` with `batch_norm`'s inference map folded in (always with a bias)."""
+def _folded_weights(conv, batch_norm) -> Dict[str, np.ndarray]:
+    """The weights of `conv` with `batch_norm`'s inference map folded in, by attribute name.
+
+    The folded convolution always has a bias.
+    """
     dtype = conv.dtype  # the variables' dtype, also under a mixed policy
     inv_std = 1.0 / np.sqrt(batch_norm.moving_variance.numpy().astype(np.float64)
                             + batch_norm.epsilon)
@@ -143,10 +133,10 @@ def _folded_weights(conv, batch_norm) -> List[np.ndarray]:
     bias = conv.bias.numpy().astype(np.float64) if conv.use_bias else 0.0
     folded_bias = ((bias - batch_norm.moving_mean.numpy()) * scale + shift).astype(dtype)
     if isinstance(conv, SparseConv2D):
-        rows = np.repeat(np.arange(conv.filters), np.diff(conv.row_offsets.numpy()))
-        values = (conv.values.numpy() * scale[rows]).astype(dtype)
-        return [conv.row_offsets.numpy(), conv.column_indices.numpy(), values, folded_bias]
-    return [(conv.kernel.numpy() * scale).astype(dtype), folded_bias]
+        csr = conv.csr_filter
+        return {"row_offsets": csr.row_offsets, "column_indices": csr.column_indices,
+                "values": (csr.values * scale[csr.row_ids]).astype(dtype), "bias": folded_bias}
+    return {"kernel": (conv.kernel.numpy() * scale).astype(dtype), "bias": folded_bias}
 
 
 class _Link(NamedTuple):
@@ -168,7 +158,7 @@ def _find_links(model, graph: _Graph) -> Dict[str, _Link]:
         if batch_norm is None or not _is_foldable_batch_norm(batch_norm, conv.data_format):
             batch_norm = None
         activation_layer = graph.sole_reader(batch_norm.name if batch_norm else conv.name)
-        if activation_layer is None or _fused_activation(activation_layer) is None:
+        if activation_layer is None or activation_layer_name(activation_layer) is None:
             activation_layer = None
         if batch_norm or activation_layer:
             links[conv.name] = _Link(batch_norm, activation_layer)
@@ -209,14 +199,14 @@ def fold_batch_norm(model) -> Tuple[tf_keras.Model, Dict[str, List[str]]]:
     if not links:
         return model, {}
     removed = {conv: link.names() for conv, link in links.items()}
-    folded_weights: Dict[str, List[np.ndarray]] = {}
+    folded_weights: Dict[str, Dict[str, np.ndarray]] = {}
     for conv, link in links.items():
         conv_config = graph.entries[conv]["config"]
         if link.batch_norm:
             folded_weights[conv] = _folded_weights(graph.layers[conv], link.batch_norm)
             conv_config["use_bias"] = True
         if link.activation_layer:
-            conv_config["activation"] = _fused_activation(link.activation_layer)
+            conv_config["activation"] = activation_layer_name(link.activation_layer)
 
     renames = {name: conv for conv, names in removed.items() for name in names}
     config["layers"] = [_renamed(entry, renames) for entry in config["layers"]
@@ -228,5 +218,9 @@ def fold_batch_norm(model) -> Tuple[tf_keras.Model, Dict[str, List[str]]]:
     folded = type(model).from_config(config, custom_objects=custom_objects)
     for layer in folded.layers:
         weights = folded_weights.get(layer.name)
-        layer.set_weights(weights if weights is not None else graph.layers[layer.name].get_weights())
+        if weights is None:
+            layer.set_weights(graph.layers[layer.name].get_weights())
+            continue
+        for name, value in weights.items():
+            getattr(layer, name).assign(value)
     return folded, removed

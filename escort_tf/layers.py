@@ -22,21 +22,10 @@ import tensorflow as tf
 import tf_keras
 
 from escort_tf import ops
+from escort_tf.activations import fused_name
 from escort_tf.csr import SUPPORTED_DTYPES, CsrFilter
 
 _DATA_FORMATS = {"channels_last": "NHWC", "channels_first": "NCHW"}
-
-
-# Activation functions the op fuses, keyed by identity: a user function that
-# merely shares a name (or a relu with other arguments) is applied after the op.
-_FUSED_ACTIVATIONS = {
-    tf_keras.activations.linear: None,
-    tf_keras.activations.relu: "relu",
-    tf.nn.relu: "relu",
-    tf.nn.relu6: "relu6",
-    tf_keras.activations.get("relu6"): "relu6",
-}
-_NOT_FUSED = object()
 
 
 def unsupported_reason(layer) -> Optional[str]:
@@ -190,25 +179,21 @@ class SparseConv2D(tf_keras.layers.Layer):
 
     def call(self, inputs):
         bias = tf.cast(self.bias, self.compute_dtype) if self.use_bias else None
-        fused = _FUSED_ACTIVATIONS.get(self.activation, _NOT_FUSED)
+        # A relu/relu6/linear activation runs inside the op; any other after it.
+        fused = fused_name(self.activation)
         outputs = ops.csr_conv2d(
             inputs, self.row_offsets, self.column_indices,
             tf.cast(self.values, self.compute_dtype), self.filter_shape,
             bias=bias, strides=self.strides, padding=self.padding.upper(),
             dilations=self.dilation_rate, data_format=_DATA_FORMATS[self.data_format],
-            activation=None if fused is _NOT_FUSED else fused)
-        return self.activation(outputs) if fused is _NOT_FUSED else outputs
+            activation=fused)
+        return self.activation(outputs) if fused is None else outputs
 
     def compute_output_shape(self, input_shape):
         shape = tf.TensorShape(input_shape).as_list()
         spatial = [1, 2] if self.data_format == "channels_last" else [2, 3]
         for axis, k, s, d in zip(spatial, self.kernel_size, self.strides, self.dilation_rate):
-            if shape[axis] is None:
-                continue
-            if self.padding == "same":
-                shape[axis] = -(-shape[axis] // s)
-            else:
-                shape[axis] = max(0, (shape[axis] - (k - 1) * d - 1) // s + 1)
+            shape[axis] = ops.conv_output_size(shape[axis], k, s, d, self.padding)
         shape[self._channel_axis] = self.filters
         return tf.TensorShape(shape)
 

@@ -5,11 +5,10 @@ from typing import Optional, Sequence, Union
 import tensorflow as tf
 
 from escort_tf import _loader
+from escort_tf.activations import OP_ATTRS
 from escort_tf.csr import SUPPORTED_DTYPES, CsrFilter
 
 IntOrPair = Union[int, Sequence[int]]
-
-_ACTIVATIONS = {None: "NONE", "linear": "NONE", "relu": "RELU", "relu6": "RELU6"}
 
 
 def int_pair(value: IntOrPair, name: str) -> list:
@@ -29,6 +28,29 @@ def int_pair(value: IntOrPair, name: str) -> list:
     if min(pair) < 1:
         raise ValueError(f"{name} must be positive, got {value!r}")
     return pair
+
+
+def conv_output_size(size: Optional[int], kernel: int, stride: int, dilation: int,
+                     padding) -> Optional[int]:
+    """Output length of a convolution along one spatial axis (None stays None).
+
+    Args:
+        size: input length, or None if unknown.
+        kernel, stride, dilation: the filter's size, stride and dilation on this axis.
+        padding: "SAME", "VALID" (either case) or an explicit `(before, after)` pair.
+
+    Returns:
+        `ceil(size / stride)` for SAME, else `(padded - (kernel - 1) * dilation - 1)
+        // stride + 1`, at least 0.
+    """
+    if size is None:
+        return None
+    if isinstance(padding, str):
+        if padding.upper() == "SAME":
+            return -(-size // stride)
+        padding = (0, 0)
+    padded = size + padding[0] + padding[1]
+    return max(0, (padded - (kernel - 1) * dilation - 1) // stride + 1)
 
 
 def _spatial_axes(data_format: str):
@@ -148,7 +170,7 @@ def csr_conv2d(input,  # pylint: disable=redefined-builtin
     strides = _spatial_pair(strides, "strides", data_format)
     dilations = _spatial_pair(dilations, "dilations", data_format)
     padding_attr, explicit_paddings = _padding(padding, data_format)
-    if activation not in _ACTIVATIONS:
+    if activation not in OP_ATTRS:
         raise ValueError(f'activation must be None, "relu" or "relu6", got {activation!r}')
     filter_shape = [int(size) for size in filter_shape]
     if len(filter_shape) != 4 or min(filter_shape) < 1:
@@ -191,4 +213,4 @@ def csr_conv2d(input,  # pylint: disable=redefined-builtin
             explicit_paddings=explicit_paddings,
             dilations=dilations,
             data_format=data_format,
-            activation=_ACTIVATIONS[activation])
+            activation=OP_ATTRS[activation])
