@@ -1,40 +1,40 @@
-"""`escort-tf bench`: the sparse op and converted models against dense TensorFlow on CPU.
+"""`escort-tf bench`: the sparse op and converted models against dense TensorFlow.
 
 Two modes, each timing sparse and dense side by side in one process, on all
-cores, with warm-up calls and medians over interleaved repetitions:
+cores, with warm-up calls and medians over interleaved repetitions
+(`escort_tf.timing`):
 
 * layers (default): `sparse_conv2d` vs `tf.nn.conv2d` (oneDNN where TF enables
   it: the benchmark scripts set TF_ENABLE_ONEDNN_OPTS=1) on every layer
-  of `benchmarks/layers.py`, at batch 1 and 8, at the layer's SkimCaffe density
-  and at 70% and 90% sparsity. Reports times, speedup (dense time / sparse
-  time), effective GFLOPS (dense flops / time) and geomeans.
+  of the layer table (`escort_tf.layer_table`), at batch 1 and 8, at the
+  layer's SkimCaffe density and at 70% and 90% sparsity. Reports times,
+  speedup (dense time / sparse time), effective GFLOPS (dense flops / time)
+  and geomeans.
 * `--models`: tf_keras ResNet-50 and VGG-16 (`weights=None`) pruned with TFMOT
   to SkimCaffe-like per-layer sparsity (or, with `--sparsity X`, to X in every
   layer that profile prunes), stripped, then dense vs `escort_tf.convert`
-  (optionally `--autotune`): a `tf.function` model call at batch 1 and 8, and
-  batched `model.predict`. Outputs are checked to match.
+  (optionally `--autotune`, `--fold-batch-norm`): a `tf.function` model call
+  at batch 1 and 8, and batched `model.predict`. Outputs are checked to match.
 
-Run it from the repository (the layer table is `benchmarks/layers.py`):
-
-    TF_USE_LEGACY_KERAS=1 escort-tf bench --json layers.json --markdown layers.md --plot layers.png
-    TF_USE_LEGACY_KERAS=1 escort-tf bench --models --json models.json --markdown models.md
+    TF_USE_LEGACY_KERAS=1 escort-tf bench --quick
     TF_USE_LEGACY_KERAS=1 escort-tf bench --models --sparsity 0.7 --autotune --json m70.json
 
-The functions the modes are built from (`bench_layers`, `bench_models`,
-`prune_like_skimcaffe`, ...) are public so examples and tests can reuse them.
+Markdown reports and plots of these results are written by the benchmark
+harness of the source tree, `benchmarks/harness.py` (the scripts in
+`benchmarks/cpu/` run it). The functions the modes are built from
+(`bench_layers`, `bench_models`, `prune_like_skimcaffe`, ...) are public so
+examples, tests and the harness can reuse them.
 """
 
 import argparse
 import dataclasses
 import datetime
-import gc
 import importlib.util
 import json
 import math
 import os
 import pathlib
 import platform
-import statistics
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
@@ -45,18 +45,16 @@ import tf_keras
 
 import escort_tf
 from escort_tf import fold
-from escort_tf.convert import PruneLowMagnitude
+from escort_tf import layer_table
+from escort_tf.convert import is_pruning_wrapper
 from escort_tf.csr import CsrFilter
 from escort_tf.ops import sparse_conv2d
+from escort_tf.timing import time_side_by_side
 
 # Sparse and dense outputs must agree to this, relative to the output's scale
 # (random-weight networks produce outputs far from 1 in magnitude).
 RTOL = 1e-4
 ATOL = 1e-4
-
-# Per-call samples shorter than this are repeated inside one sample, so timer
-# resolution and Python jitter don't dominate the sub-millisecond layers.
-_MIN_SAMPLE_S = 0.005
 
 SKIMCAFFE = "skimcaffe"  # the density label for a layer's own pruned density
 
@@ -113,64 +111,6 @@ def machine_info() -> Dict[str, object]:
     }
 
 
-def _sample_s(fn: Callable[[], object], inner: int) -> float:
-    """Wall time of one call of `fn`, averaged over `inner` back-to-back calls.
-
-    TF's default eager executor is synchronous on CPU: a call returns with its
-    result computed. (`.numpy()` would add a copy of the output to each sample.)
-    Python's garbage collector is off meanwhile, as in `timeit`: a collection
-    that a `tf.function` call's garbage triggers would be charged to whichever
-    variant happened to cross the threshold.
-    """
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        start = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        return (time.perf_counter() - start) / inner
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-
-
-def time_side_by_side(fns: Dict[str, Callable[[], object]], reps: int,
-                      warmup: int = 2,
-                      budget_s: Optional[float] = None) -> Dict[str, Dict[str, float]]:
-    """Times several zero-argument callables in interleaved repetitions.
-
-    Interleaving makes slow drifts (turbo, another process) hit every variant
-    alike. Each variant is first warmed up (tracing, allocator, oneDNN
-    primitive caches); a variant faster than `_MIN_SAMPLE_S` is called several
-    times per sample.
-
-    Args:
-        fns: name -> callable; the call should return the computed result.
-        reps: timed samples per variant (the median is reported).
-        warmup: untimed calls per variant before timing.
-        budget_s: if set, fewer repetitions (but at least min(reps, 3)) when
-            the warm-up times say `reps` would take longer than this.
-
-    Returns:
-        name -> {"median_ms", "min_ms", "reps", "calls_per_rep"}.
-    """
-    inner, rep_s = {}, 0.0
-    for name, fn in fns.items():
-        for _ in range(max(warmup, 1)):
-            once = _sample_s(fn, 1)
-        inner[name] = max(1, min(50, int(_MIN_SAMPLE_S / max(once, 1e-6))))
-        rep_s += once * inner[name]
-    if budget_s is not None:
-        reps = max(min(reps, 3), min(reps, int(budget_s / max(rep_s, 1e-9))))
-    samples = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            samples[name].append(_sample_s(fn, inner[name]))
-    return {name: {"median_ms": 1e3 * statistics.median(s), "min_ms": 1e3 * min(s),
-                   "reps": reps, "calls_per_rep": inner[name]}
-            for name, s in samples.items()}
-
-
 def geomean(values: Sequence[float]) -> float:
     """Geometric mean of positive numbers (NaN for an empty sequence)."""
     values = list(values)
@@ -193,30 +133,20 @@ def _outputs_match(sparse: np.ndarray, dense: np.ndarray) -> Dict[str, object]:
 # ----------------------------------------------------------------------------
 
 def load_layer_table(path: Optional[str] = None):
-    """Imports the shared layer table, `benchmarks/layers.py`.
-
-    The table lives beside the package in the source tree (the GPU harness
-    reads it without TensorFlow), so it is found by path, not by import name.
+    """The layer table: the packaged `escort_tf.layer_table`, or a table file of the same form.
 
     Args:
-        path: the table's file; defaults to `benchmarks/layers.py` of the
-            checkout this package runs from, then of the current directory.
+        path: a Python file defining `LAYERS` (and `UNIFORM_DENSITIES`, and
+            `ConvLayer`) like `escort_tf/layer_table.py`; None for the packaged table.
 
     Returns:
-        The module (with `LAYERS`, `UNIFORM_DENSITIES`, `ConvLayer`).
+        The module.
 
     Raises:
-        FileNotFoundError: no table at `path` or the default places.
+        FileNotFoundError: no file at `path`.
     """
     if path is None:
-        candidates = [pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "layers.py",
-                      pathlib.Path.cwd() / "benchmarks" / "layers.py"]
-        found = [c for c in candidates if c.is_file()]
-        if not found:
-            raise FileNotFoundError(
-                "can't find the layer table benchmarks/layers.py: run from the escort-tf "
-                "source tree or pass --layer-table PATH")
-        path = found[0]
+        return layer_table
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"layer table {str(path)!r} does not exist")
@@ -381,117 +311,15 @@ def bench_layers(layers, densities: Sequence, batches: Sequence[int], reps: int,
     }
 
 
-def _machine_line(machine: Dict[str, object]) -> str:
-    """One sentence naming the machine and versions, for report headers."""
-    simd = "/".join(machine.get("simd", [])) or "no SIMD flags read"
-    peer = dense_peer(machine)
-    return (f"{machine['cpu_model']} ({simd}), {machine['usable_cores']} cores, TensorFlow "
-            f"{machine['tensorflow']} (dense convolutions: {peer}), escort_tf "
-            f"{machine['escort_tf']}, {machine['date_utc']}.")
-
-
 def _density_label(label) -> str:
     return SKIMCAFFE if label == SKIMCAFFE else f"{float(label):.2f}"
 
 
-def _density_title(key: str) -> str:
+def density_title(key: str) -> str:
+    """How reports name a density label: "SkimCaffe density" or "70% sparse"."""
     if key == SKIMCAFFE:
         return "SkimCaffe density"
     return f"{100 * (1 - float(key)):.0f}% sparse"
-
-
-def layers_markdown(report: Dict[str, object]) -> str:
-    """The layer report as markdown: a speedup summary and a detail table."""
-    machine, results = report["machine"], report["results"]
-    labels = report["settings"]["densities"]
-    batches = report["settings"]["batches"]
-    peer = dense_peer(machine)
-    lines = [
-        f"# escort_tf.sparse_conv2d vs tf.nn.conv2d ({peer}), CPU",
-        "",
-        f"{_machine_line(machine)} "
-        f"fp32 NHWC, no bias; medians of {report['settings']['reps']} interleaved repetitions "
-        f"after warm-up, each a `tf.function` call running "
-        f"{report['settings'].get('ops_per_call', 1)} convolutions one after another "
-        f"(times are per convolution: a model pays TF's per-call cost once, not per layer). "
-        f"Speedup = dense time / sparse time (>1: sparse is faster); "
-        f"effective GFLOPS = dense flops / time; useful GFLOPS = nonzero-weight flops / time.",
-        "",
-        "## Speedup",
-        "",
-    ]
-    header = ["layer", "SkimCaffe density"] + [
-        f"{_density_title(l)} b{b}" for l in labels for b in batches]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    by_key = {(r["layer"], r["density_label"], r["batch"]): r for r in results}
-    layer_names = list(dict.fromkeys(r["layer"] for r in results))
-    for name in layer_names:
-        skim = next(r["density"] for r in results
-                    if r["layer"] == name and r["density_label"] == SKIMCAFFE) \
-            if SKIMCAFFE in labels else None
-        cells = [name, "-" if skim is None else f"{skim:.3f}"]
-        for l in labels:
-            for b in batches:
-                r = by_key.get((name, l, b))
-                cells.append("-" if r is None else f"{r['speedup']:.2f}x"
-                             + ("" if r["match"] else " (mismatch)"))
-        lines.append("| " + " | ".join(cells) + " |")
-    cells = ["**geomean**", ""] + [f"**{report['geomeans'][l][str(b)]:.2f}x**"
-                                   for l in labels for b in batches]
-    lines += ["| " + " | ".join(cells) + " |", "", "## Details", ""]
-    header = ["layer", "density", "batch", "sparse ms", "dense ms", "speedup",
-              "sparse eff. GFLOPS", "sparse useful GFLOPS", "dense GFLOPS", "outputs match"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in results:
-        lines.append("| " + " | ".join([
-            r["layer"], f"{r['density']:.3f}", str(r["batch"]), f"{r['sparse_ms']:.3f}",
-            f"{r['dense_ms']:.3f}", f"{r['speedup']:.2f}x", f"{r['sparse_effective_gflops']:.1f}",
-            f"{r['sparse_useful_gflops']:.1f}", f"{r['dense_gflops']:.1f}",
-            "yes" if r["match"] else "**no**"]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_layers(report: Dict[str, object], path: str) -> None:
-    """Writes a PNG: speedup per layer, one panel per batch size, bars per density."""
-    import matplotlib  # pylint: disable=import-outside-toplevel
-
-    matplotlib.use("Agg")  # no display on CI / servers
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-    import matplotlib.ticker  # pylint: disable=import-outside-toplevel
-
-    results, labels = report["results"], report["settings"]["densities"]
-    batches = report["settings"]["batches"]
-    names = list(dict.fromkeys(r["layer"] for r in results))
-    by_key = {(r["layer"], r["density_label"], r["batch"]): r["speedup"] for r in results}
-    fig, axes = plt.subplots(len(batches), 1, figsize=(12, 3.6 * len(batches)), squeeze=False)
-    width = 0.8 / len(labels)
-    for ax, batch in zip(axes[:, 0], batches):
-        for i, label in enumerate(labels):
-            values = [by_key.get((n, label, batch), float("nan")) for n in names]
-            gm = report["geomeans"][label][str(batch)]
-            ax.bar(np.arange(len(names)) + (i - (len(labels) - 1) / 2) * width, values, width,
-                   label=f"{_density_title(label)} (geomean {gm:.2f}x)")
-        ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.axhline(3.0, color="gray", linewidth=0.8, linestyle="--")
-        ax.set_yscale("log")
-        # Plain "2x" tick labels instead of log-scale's "2 x 10^0".
-        low, high = ax.get_ylim()
-        ticks = [t for t in (0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 12, 16) if low <= t <= high]
-        ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xticks(np.arange(len(names)))
-        ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
-        ax.set_ylabel("speedup vs tf.nn.conv2d")
-        ax.set_title(f"batch {batch}")
-        ax.legend(fontsize=8)
-    machine = report["machine"]
-    peer = dense_peer(machine)
-    fig.suptitle(f"escort_tf.sparse_conv2d vs {peer}, fp32 — {machine['cpu_model']}, "
-                 f"{machine['usable_cores']} cores, TF {machine['tensorflow']}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------
@@ -501,11 +329,11 @@ def plot_layers(report: Dict[str, object], path: str) -> None:
 # SkimCaffe's pruned ResNet-50 keeps 3x3 (branch2b) layers 81-88 / 91-95.5 /
 # 96.6-97.5 / 97.8-98% sparse in res2..res5; 1x1 and shortcut layers are pruned
 # less here, the 7x7 stem (3 input channels) not at all.
-_RESNET50_3X3 = {2: 0.85, 3: 0.93, 4: 0.97, 5: 0.98}
-_RESNET50_1X1 = {2: 0.70, 3: 0.80, 4: 0.85, 5: 0.85}
+RESNET50_3X3 = {2: 0.85, 3: 0.93, 4: 0.97, 5: 0.98}
+RESNET50_1X1 = {2: 0.70, 3: 0.80, 4: 0.85, 5: 0.85}
 # VGG-16 convs ~90% sparse; conv1_1 has 3 input channels, so only half.
-_VGG16_SPARSITY = 0.90
-_VGG16_FIRST = 0.50
+VGG16_SPARSITY = 0.90
+VGG16_FIRST = 0.50
 
 
 def resnet50_sparsity(layer) -> float:
@@ -518,14 +346,14 @@ def resnet50_sparsity(layer) -> float:
                                                                              "conv4_", "conv5_")):
         return 0.0
     stage = int(name[4])
-    return _RESNET50_3X3[stage] if layer.kernel_size == (3, 3) else _RESNET50_1X1[stage]
+    return RESNET50_3X3[stage] if layer.kernel_size == (3, 3) else RESNET50_1X1[stage]
 
 
 def vgg16_sparsity(layer) -> float:
     """SkimCaffe-like sparsity for a tf_keras VGG16 layer (0.0: leave dense)."""
     if not isinstance(layer, tf_keras.layers.Conv2D):
         return 0.0
-    return _VGG16_FIRST if layer.name == "block1_conv1" else _VGG16_SPARSITY
+    return VGG16_FIRST if layer.name == "block1_conv1" else VGG16_SPARSITY
 
 
 def uniform_sparsity_of(sparsity_of: Callable[[object], float],
@@ -604,7 +432,7 @@ def wrap_for_pruning(model, schedule_of: Callable[[object], object]):
     originals = {layer.name: layer for layer in model.layers}
     for layer in wrapped.layers:
         # A wrapper adds mask variables of its own: copy into the layer inside.
-        inner = layer.layer if isinstance(layer, PruneLowMagnitude) else layer
+        inner = layer.layer if is_pruning_wrapper(layer) else layer
         inner.set_weights(originals[inner.name].get_weights())
     return wrapped
 
@@ -643,7 +471,7 @@ def prune_like_skimcaffe(model, sparsity_of: Callable[[object], float]):
     wrapped = wrap_for_pruning(model, schedule_of)
     measured = {}
     for wrapper in wrapped.layers:
-        if not isinstance(wrapper, PruneLowMagnitude):
+        if not is_pruning_wrapper(wrapper):
             continue
         # UpdatePruningStep sets the step to 0 before the first batch; at step
         # 0 the schedule says "prune now", and the update computes the masks.
@@ -852,10 +680,10 @@ def bench_models(names: Sequence[str], image_size: int, batches: Sequence[int], 
     """
     if uniform_sparsity is None:
         profile = {"sparsity_profile": "skimcaffe",
-                   "resnet50_sparsity": {"3x3": _RESNET50_3X3, "1x1": _RESNET50_1X1,
+                   "resnet50_sparsity": {"3x3": RESNET50_3X3, "1x1": RESNET50_1X1,
                                          "conv1": 0.0},
-                   "vgg16_sparsity": {"block1_conv1": _VGG16_FIRST, "other convs":
-                                      _VGG16_SPARSITY, "dense layers": 0.0}}
+                   "vgg16_sparsity": {"block1_conv1": VGG16_FIRST, "other convs":
+                                      VGG16_SPARSITY, "dense layers": 0.0}}
     else:
         profile = {"sparsity_profile": "uniform",
                    "pruned_layers": "those the SkimCaffe-like profile prunes (ResNet-50: "
@@ -893,95 +721,14 @@ def bench_models(names: Sequence[str], image_size: int, batches: Sequence[int], 
     }
 
 
-def models_markdown(report: Dict[str, object]) -> str:
-    """The model report as a markdown table."""
-    machine, settings = report["machine"], report["settings"]
-    # .get: reports written before --sparsity existed have no such key.
-    uniform = settings.get("uniform_sparsity")
-    if uniform is None:
-        profile = (f"SkimCaffe-like per-layer sparsity: ResNet-50 3x3 "
-                   f"{_fmt_levels(_RESNET50_3X3)}, 1x1 {_fmt_levels(_RESNET50_1X1)} "
-                   f"(res2..res5), conv1 dense; VGG-16 convs {_VGG16_SPARSITY:.0%} "
-                   f"(block1_conv1 {_VGG16_FIRST:.0%})")
-    else:
-        profile = (f"a uniform {100 * uniform:g}% sparsity in every layer the SkimCaffe-like "
-                   f"profile prunes: all ResNet-50 convs but conv1 (dense), all 13 VGG-16 convs")
-    lines = [
-        "# Whole pruned models: dense tf_keras vs escort_tf.convert, CPU",
-        "",
-        f"{_machine_line(machine)} "
-        f"Input {settings['image_size']}x{settings['image_size']}x3, fp32, random weights "
-        f"pruned with TFMOT (magnitude, ConstantSparsity) to {profile}. Converted with "
-        f"min_sparsity 0.5, autotune {'on' if settings['autotune'] else 'off'}. "
-        f"Speedup = dense / sparse time: medians for model calls; for `predict` on numpy "
-        f"input the minimum of the repetitions (tf_keras's tf.data pipeline sleeps 0.4-1.1 s "
-        f"at the end of about half the calls here, dense or sparse), and the median for the "
-        f"same images fed as a `tf.data.Dataset` with autotuning off (no such sleep)."
-        + (" Rows marked *folded* time models whose batch norms and ReLUs were folded into "
-           "the convolutions before them: *sparse folded* is `convert(..., "
-           "fold_batch_norm=True)` against the dense model as it is, *both folded* against "
-           "the dense model folded by the same pass." if settings.get("fold_batch_norm")
-           else ""),
-        "",
-        "| model | conv sparsity | converted layers | what | dense ms | sparse ms | speedup "
-        "| outputs match |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for m in report["models"]:
-        first = [m["model"], f"{m['conv_weight_sparsity']:.1%}",
-                 f"{m['converted_layers']}/{m['conv_layers']}"]
-
-        def row(what, dense_ms, sparse_ms, match="", digits=1):
-            nonlocal first
-            lines.append("| " + " | ".join(first + [
-                what, f"{dense_ms:.{digits}f}", f"{sparse_ms:.{digits}f}",
-                f"**{dense_ms / sparse_ms:.2f}x**", match]) + " |")
-            first = ["", "", ""]
-
-        def folded_rows(what, values, prefix="", digits=1):
-            # Written by --fold-batch-norm runs only.
-            if f"{prefix}sparse_folded_ms" in values:
-                row(f"{what}, sparse folded", values[f"{prefix}dense_ms"],
-                    values[f"{prefix}sparse_folded_ms"], digits=digits)
-                row(f"{what}, both folded", values[f"{prefix}dense_folded_ms"],
-                    values[f"{prefix}sparse_folded_ms"], digits=digits)
-
-        for c in m["calls"]:
-            what = f"tf.function call, batch {c['batch']}"
-            row(what, c["dense_ms"], c["sparse_ms"],
-                "yes" if c["match"] else f"**no** (max err {c['max_abs_err']:.2g})")
-            folded_rows(what, c)
-        p = m["predict"]
-        what = (f"predict, {p['images']} images, batch {p['batch_size']}"
-                + (" (min)" if p.get("statistic") == "min" else ""))
-        row(what, p["dense_ms"], p["sparse_ms"], digits=0)
-        folded_rows(what, p, digits=0)
-        # .get: reports written before the dataset row existed have no such key.
-        if p.get("dataset_speedup") is not None:
-            what = "predict, same images as a dataset without autotuning (median)"
-            row(what, p["dataset_dense_ms"], p["dataset_sparse_ms"], digits=0)
-            folded_rows(what, p, prefix="dataset_", digits=0)
-    tuned = [m for m in report["models"] if "autotune_sparse" in m]
-    if tuned:
-        lines += ["", "Autotune (each candidate layer timed alone, sparse vs dense, at batch 1; "
-                  "the faster kept):", ""]
-        lines += [f"- {m['model']}: autotune kept {m['autotune_sparse']} layers sparse, "
-                  f"{m['autotune_dense']} dense; conversion took {m['convert_s']:.0f} s."
-                  for m in tuned]
-    return "\n".join(lines) + "\n"
-
-
-def _fmt_levels(levels: Dict[int, float]) -> str:
-    return "/".join(f"{v:.0%}" for v in levels.values())
-
-
 # ----------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------
 
-def _parser():
+def build_parser(prog: str = "escort-tf bench") -> argparse.ArgumentParser:
+    """The options of `escort-tf bench`; `benchmarks/harness.py` adds its report options."""
     parser = argparse.ArgumentParser(
-        prog="escort-tf bench",
+        prog=prog,
         description="Benchmark escort_tf's sparse convolution against dense TensorFlow on "
                     "this machine: the layer table (default) or whole pruned models (--models).")
     parser.add_argument("--models", nargs="?", const="resnet50,vgg16", default=None,
@@ -1012,7 +759,8 @@ def _parser():
                         help="comma-separated densities; 'skimcaffe' means each layer's own "
                              "(default: skimcaffe plus the table's UNIFORM_DENSITIES)")
     layers.add_argument("--layer-table", default=None, metavar="PATH",
-                        help="the layer table file (default: benchmarks/layers.py)")
+                        help="a layer table file like escort_tf/layer_table.py "
+                             "(default: the packaged table)")
     models = parser.add_argument_group("model mode")
     models.add_argument("--image-size", type=int, default=224)
     models.add_argument("--predict-images", type=int, default=None,
@@ -1028,8 +776,8 @@ def _parser():
                              "(0, 1), instead of the profile's per-layer levels")
     out = parser.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="write the full results as JSON")
-    out.add_argument("--markdown", metavar="PATH", help="write a markdown report")
-    out.add_argument("--plot", metavar="PATH", help="write a PNG plot (layer mode)")
+    parser.epilog = ("Markdown reports and plots: python benchmarks/harness.py in the "
+                     "escort-tf source tree takes these options plus --markdown and --plot.")
     return parser
 
 
@@ -1037,7 +785,8 @@ def _csv(text: str) -> List[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def _write(path: Optional[str], text: str) -> None:
+def write_text(path: Optional[str], text: str) -> None:
+    """Writes `text` to `path` (creating its directory) and says so; nothing if `path` is None."""
     if path:
         pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(path).write_text(text)
@@ -1071,13 +820,9 @@ def _run_layers(args, batches):
     report = bench_layers(layers, densities, batches, reps, warmup=args.warmup, seed=args.seed,
                           budget_s=budget, ops_per_call=args.ops_per_call)
     for key, by_batch in report["geomeans"].items():
-        print(f"geomean speedup, {_density_title(key)}: " +
+        print(f"geomean speedup, {density_title(key)}: " +
               ", ".join(f"batch {b} {v:.2f}x" for b, v in by_batch.items()))
-    markdown = layers_markdown(report)
-    if args.plot:
-        plot_layers(report, args.plot)
-        print(f"wrote {args.plot}")
-    return report, markdown
+    return report
 
 
 def _run_models(args, batches):
@@ -1099,18 +844,15 @@ def _run_models(args, batches):
                           autotune=args.autotune, seed=args.seed,
                           uniform_sparsity=args.sparsity,
                           fold_batch_norm=args.fold_batch_norm)
-    if args.plot:
-        print("--plot applies to layer mode only; no plot written", file=sys.stderr)
-    return report, models_markdown(report)
+    return report
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Runs `escort-tf bench`; returns the exit status.
+def run(args: argparse.Namespace) -> Dict[str, object]:
+    """Runs the mode `args` (from `build_parser`) asks for; returns its report.
 
-    Args:
-        argv: arguments after `bench`; defaults to `sys.argv[1:]`.
+    Raises:
+        SystemExit: an option is invalid.
     """
-    args = _parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     batches = [int(b) for b in _csv(args.batches)]
     if not batches or min(batches) < 1 or (args.reps is not None and args.reps < 1):
         raise SystemExit("escort-tf bench: batch sizes and --reps must be positive")
@@ -1119,19 +861,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "is Eigen's kernel; set TF_ENABLE_ONEDNN_OPTS=1 to compare with oneDNN",
               file=sys.stderr)
     start = time.perf_counter()
-    report, markdown = (_run_models if args.models else _run_layers)(args, batches)
+    report = (_run_models if args.models else _run_layers)(args, batches)
     report["settings"]["wall_s"] = time.perf_counter() - start
-    if args.json:
-        _write(args.json, json.dumps(report, indent=1, sort_keys=False) + "\n")
-    _write(args.markdown, markdown)
-    if not args.markdown:
-        print(markdown)
+    return report
+
+
+def exit_status(report: Dict[str, object]) -> int:
+    """1 (and a message) if some sparse outputs did not match the dense ones, else 0."""
     rows = report["results"] if "results" in report else [
         c for m in report["models"] for c in m["calls"]]
     if not all(r["match"] for r in rows):
         print("escort-tf bench: some sparse outputs did not match the dense ones", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs `escort-tf bench`; returns the exit status.
+
+    Args:
+        argv: arguments after `bench`; defaults to `sys.argv[1:]`.
+    """
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    report = run(args)
+    if args.json:
+        write_text(args.json, json.dumps(report, indent=1, sort_keys=False) + "\n")
+    return exit_status(report)
 
 
 if __name__ == "__main__":

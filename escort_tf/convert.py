@@ -21,20 +21,16 @@ Example:
 import dataclasses
 import logging
 import os
-import statistics
 import sys
-import time
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 import tf_keras
-# The public tfmot API exports no wrapper class to isinstance-check; strip_pruning uses this one.
-from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (
-    PruneLowMagnitude)
 
 from escort_tf.fold import fold_batch_norm as _fold_batch_norm
 from escort_tf.layers import SparseConv2D, unsupported_reason
+from escort_tf.timing import time_side_by_side
 
 logger = logging.getLogger("escort_tf")
 
@@ -43,6 +39,24 @@ _KERAS3_MESSAGE = (
     "TFMOT pruning and escort_tf only work with tf_keras: build the model with "
     "`import tf_keras`, or set the environment variable TF_USE_LEGACY_KERAS=1 before "
     "TensorFlow is first imported so that `tf.keras` is tf_keras.{env}")
+
+
+# Autotune's timed samples per variant and layer (fewer when the budget runs out):
+# enough for a stable median on a quiet machine, few enough that tracing and
+# warm-up, not timing, bound a layer's cost.
+_AUTOTUNE_REPS = 10
+
+
+def is_pruning_wrapper(layer) -> bool:
+    """Whether `layer` is the wrapper `tfmot.sparsity.keras.prune_low_magnitude` puts on a layer.
+
+    TFMOT's public API exports no class for the wrapper (its own
+    `strip_pruning` tests this private one), so this is the one place that
+    imports it; `tests/test_convert.py` checks it still is the wrapper.
+    """
+    # pylint: disable-next=import-outside-toplevel
+    from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+    return isinstance(layer, pruning_wrapper.PruneLowMagnitude)
 
 
 @dataclasses.dataclass
@@ -151,7 +165,7 @@ def _unwrap(layer):
     TFMOT only writes `kernel * mask` back into the kernel during training steps,
     so a restored or saved kernel may still hold pruned values: always apply the mask.
     """
-    if not isinstance(layer, PruneLowMagnitude):
+    if not is_pruning_wrapper(layer):
         return layer, layer.get_weights()
     masks = {weight.ref(): mask for weight, mask, _ in layer.pruning_vars}
     inner = layer.layer
@@ -220,25 +234,6 @@ def _progress(items, desc):
         yield item
 
 
-def _median_ms(layers, x, budget_s, min_reps=3, max_reps=50):
-    """Median wall time in ms of each `layer(x)` run as a graph.
-
-    The layers are timed in turn, round by round, so drift in machine load
-    affects them alike; each is called once untimed first (tracing, caches).
-    """
-    calls = [tf.function(layer.__call__) for layer in layers]
-    for call in calls:
-        call(x).numpy()
-    times = [[] for _ in calls]
-    deadline = time.perf_counter() + budget_s
-    while len(times[0]) < min_reps or (len(times[0]) < max_reps and time.perf_counter() < deadline):
-        for call, samples in zip(calls, times):
-            start = time.perf_counter()
-            call(x).numpy()  # .numpy() waits for the result, also on GPU
-            samples.append(time.perf_counter() - start)
-    return [1e3 * statistics.median(samples) for samples in times]
-
-
 def _autotune(plans, batch_size, budget_s):
     candidates = [p for p in plans if p.row is not None and p.row.decision == "sparse"]
     for plan in _progress(candidates, "escort_tf autotune"):
@@ -250,11 +245,17 @@ def _autotune(plans, batch_size, budget_s):
         dense = _from_config(plan.inner)
         dense.build(x.shape)
         dense.set_weights(plan.weights)
+        # Graphs, as in a model: eager calls would time Python and op dispatch.
+        calls = {"sparse": tf.function(_sparse_clone(plan).__call__),
+                 "dense": tf.function(dense.__call__)}
         try:
-            row.sparse_ms, row.dense_ms = _median_ms([_sparse_clone(plan), dense], x, budget_s)
+            times = time_side_by_side({name: lambda call=call: call(x)
+                                       for name, call in calls.items()},
+                                      reps=_AUTOTUNE_REPS, warmup=2, budget_s=budget_s)
         except tf.errors.OpError as e:  # e.g. a variant this device has no kernel for
             row.reason += f"; autotune failed, kept: {e.message.splitlines()[0]}"
             continue
+        row.sparse_ms, row.dense_ms = times["sparse"]["median_ms"], times["dense"]["median_ms"]
         row.decision = "sparse" if row.sparse_ms <= row.dense_ms else "dense"
         row.reason = (f"autotune: sparse {row.sparse_ms:.3f} ms vs dense {row.dense_ms:.3f} ms "
                       f"at batch {batch_size}")
@@ -272,8 +273,9 @@ def convert(model, min_sparsity=0.5, autotune=False, *, autotune_batch_size=1,
         autotune: if True, time each such layer sparse and dense on this device
             with its input shape from the model and keep the faster.
         autotune_batch_size: batch size autotune times with.
-        autotune_budget_s: rough time budget per layer for autotune (at least
-            three timed calls of each variant are made regardless).
+        autotune_budget_s: time budget per layer for autotune's timed calls,
+            after two warm-up calls of each variant (the first traces it): up
+            to 10 samples of each, at least 3 regardless.
         fold_batch_norm: if True, fold each `BatchNormalization` that alone
             follows a convolution into its filter and bias, and a ReLU/ReLU6
             that then follows into its activation (see `escort_tf.fold`). Kept
@@ -415,7 +417,7 @@ def convert_checkpoint(model, checkpoint_path, min_sparsity=0.5, **convert_kwarg
                             + ", ".join(missing))
         if mismatched:
             problems.append(f"{len(mismatched)} shape mismatch(es): " + ", ".join(mismatched))
-        wrapped = any(isinstance(layer, PruneLowMagnitude) for layer in model.layers)
+        wrapped = any(is_pruning_wrapper(layer) for layer in model.layers)
         if not wrapped and any("/mask/" in k for k in stored):
             problems.append("the checkpoint holds TFMOT pruning masks but the model has no "
                             "pruning wrappers; wrap it with prune_low_magnitude first")

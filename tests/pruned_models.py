@@ -9,7 +9,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras
 
-from escort_tf.convert import PruneLowMagnitude
+from escort_tf.convert import is_pruning_wrapper
 
 L = tf_keras.layers
 INPUT_SHAPE = (9, 9, 3)
@@ -52,7 +52,7 @@ def prune(model, sparsity, rng):
     schedule = tfmot.sparsity.keras.ConstantSparsity(0.5, 0, frequency=1)
     pruned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
     for wrapper in pruned.layers:
-        if isinstance(wrapper, PruneLowMagnitude):
+        if is_pruning_wrapper(wrapper):
             level = sparsity.get(wrapper.layer.name, 0.0) if isinstance(sparsity, dict) else sparsity
             for _, mask, _ in wrapper.pruning_vars:
                 mask.assign((rng.random(mask.shape) >= level).astype(np.float32))
@@ -64,7 +64,7 @@ def masked_reference(pruned, x):
     reference = tf_keras.models.clone_model(pruned)
     reference.set_weights(pruned.get_weights())
     for wrapper in reference.layers:
-        if isinstance(wrapper, PruneLowMagnitude):
+        if is_pruning_wrapper(wrapper):
             wrapper.pruning_obj.weight_mask_op()  # eager: assigns kernel * mask
     return reference(x).numpy()
 

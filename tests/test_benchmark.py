@@ -1,10 +1,12 @@
-"""Tests for escort_tf.benchmark and the building blocks of examples/demo.py.
+"""Tests for escort_tf.benchmark, benchmarks/harness.py and the building blocks of examples/demo.py.
 
 They check structure and correctness (outputs match, ratios finite), never
 wall-clock thresholds: timings on a shared CI machine mean nothing here.
 """
 
+import dataclasses
 import gc
+import importlib.resources
 import importlib.util
 import json
 import math
@@ -15,26 +17,44 @@ import pytest
 import tf_keras
 
 import escort_tf
-from escort_tf import benchmark
+from escort_tf import benchmark, layer_table, timing
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _load_demo():
-    spec = importlib.util.spec_from_file_location("escort_demo", ROOT / "examples" / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    return demo
+    return _load("escort_demo", "examples/demo.py")
+
+
+harness = _load("escort_harness", "benchmarks/harness.py")
 
 
 def _finite_positive(value):
     return isinstance(value, float) and math.isfinite(value) and value > 0
 
 
-def test_layer_table_loads_from_the_source_tree():
+def test_layer_table_ships_in_the_package(tmp_path, monkeypatch):
+    # From elsewhere, as an installed `escort-tf bench` runs: no benchmarks/ to fall back on.
+    monkeypatch.chdir(tmp_path)
     table = benchmark.load_layer_table()
+    assert table is layer_table
+    assert importlib.resources.files("escort_tf").joinpath("layer_table.py").is_file()
     assert len(table.LAYERS) == 10
     assert table.UNIFORM_DENSITIES == (0.30, 0.10)
+
+
+def test_benchmarks_layers_is_the_packaged_table():
+    source_tree = _load("escort_benchmarks_layers", "benchmarks/layers.py")
+    assert [dataclasses.astuple(l) for l in source_tree.LAYERS] == [
+        dataclasses.astuple(l) for l in layer_table.LAYERS]
+    assert source_tree.UNIFORM_DENSITIES == layer_table.UNIFORM_DENSITIES
 
 
 def test_layer_table_missing_path_says_so(tmp_path):
@@ -66,12 +86,12 @@ def test_bench_layers_tiny(rng):
         assert row["speedup"] == pytest.approx(row["dense_ms"] / row["sparse_ms"])
     assert set(report["geomeans"]) == {"skimcaffe", "0.50"}
     assert all(_finite_positive(v) for g in report["geomeans"].values() for v in g.values())
-    assert "## Speedup" in benchmark.layers_markdown(report)
+    assert "## Speedup" in harness.layers_markdown(report)
 
 
-def test_bench_cli_writes_json_markdown_and_plot(tmp_path):
+def test_harness_writes_json_markdown_and_plot(tmp_path):
     paths = {ext: tmp_path / f"out.{ext}" for ext in ("json", "md", "png")}
-    status = benchmark.main([
+    status = harness.main([
         "--layers", "resnet50_res5_3x3", "--densities", "skimcaffe", "--batches", "1",
         "--reps", "1", "--warmup", "1", "--json", str(paths["json"]),
         "--markdown", str(paths["md"]), "--plot", str(paths["png"])])
@@ -91,10 +111,20 @@ def test_reports_name_the_dense_kernel_that_ran():
     report = {"machine": machine, "results": [], "geomeans": {"skimcaffe": {"1": 2.0}},
               "settings": {"densities": [benchmark.SKIMCAFFE], "batches": [1], "reps": 1}}
     # Reports from before the "onednn" field were all measured against oneDNN.
-    assert "tf.nn.conv2d (oneDNN), CPU" in benchmark.layers_markdown(report)
+    assert "tf.nn.conv2d (oneDNN), CPU" in harness.layers_markdown(report)
     machine["onednn"] = False
-    assert "tf.nn.conv2d (Eigen, oneDNN off), CPU" in benchmark.layers_markdown(report)
+    assert "tf.nn.conv2d (Eigen, oneDNN off), CPU" in harness.layers_markdown(report)
     assert benchmark.machine_info()["onednn"] == benchmark.onednn_enabled()
+
+
+def test_bench_cli_writes_json(tmp_path, capsys):
+    path = tmp_path / "out.json"
+    assert benchmark.main(["--layers", "resnet50_res5_3x3", "--densities", "0.5", "--batches",
+                           "1", "--reps", "1", "--warmup", "1", "--ops-per-call", "2",
+                           "--json", str(path)]) == 0
+    (row,) = json.loads(path.read_text())["results"]
+    assert row["layer"] == "resnet50_res5_3x3" and row["match"]
+    assert "geomean speedup, 50% sparse: batch 1" in capsys.readouterr().out
 
 
 def test_bench_cli_rejects_unknown_layer():
@@ -189,7 +219,7 @@ def test_bench_models_uniform_sparsity_and_autotune_report(monkeypatch):
     assert model["autotune_sparse"] == model["converted_layers"]
     json.loads(json.dumps(report))  # the rows are JSON-serialisable
 
-    markdown = benchmark.models_markdown(report)
+    markdown = harness.models_markdown(report)
     assert "a uniform 70% sparsity" in markdown and "SkimCaffe-like per-layer" not in markdown
     assert (f"tiny: autotune kept {model['autotune_sparse']} layers sparse, "
             f"{model['autotune_dense']} dense") in markdown
@@ -218,7 +248,7 @@ def test_bench_models_times_folded_variants(monkeypatch):
         assert call[f"{kind}_speedup"] == pytest.approx(call["dense_ms"] / call[f"{kind}_ms"])
         assert _finite_positive(model["predict"][f"{kind}_speedup"])
         assert _finite_positive(model["predict"][f"dataset_{kind}_speedup"])
-    markdown = benchmark.models_markdown(report)
+    markdown = harness.models_markdown(report)
     both = next(line for line in markdown.splitlines() if "batch 2, both folded" in line)
     assert f"{call['dense_folded_ms']:.1f} | {call['sparse_folded_ms']:.1f}" in both
     assert "batch 2, sparse folded" in markdown and "dataset without autotuning (median), " \
@@ -237,13 +267,13 @@ def test_models_markdown_names_the_skimcaffe_profile_by_default():
     # No "uniform_sparsity" key: a report written before --sparsity existed.
     report = {"machine": machine, "settings": {"image_size": 8, "autotune": False},
               "models": [model]}
-    markdown = benchmark.models_markdown(report)
+    markdown = harness.models_markdown(report)
     assert "SkimCaffe-like per-layer sparsity" in markdown
     assert "uniform" not in markdown and "autotune kept" not in markdown
     assert "as a dataset without autotuning (median)" not in markdown  # no such row yet
 
     model["predict"].update(dataset_dense_ms=3.0, dataset_sparse_ms=1.0, dataset_speedup=3.0)
-    markdown = benchmark.models_markdown(report)
+    markdown = harness.models_markdown(report)
     assert ("| predict, same images as a dataset without autotuning (median) | 3 | 1 "
             "| **3.00x** |") in markdown
 
@@ -266,12 +296,12 @@ def test_demo_building_blocks(tmp_path):
 def test_samples_are_timed_with_the_garbage_collector_off():
     seen = []
     assert gc.isenabled()
-    benchmark._sample_s(lambda: seen.append(gc.isenabled()), inner=3)
+    timing._sample_s(lambda: seen.append(gc.isenabled()), inner=3)
     assert seen == [False, False, False]
     assert gc.isenabled()  # restored
 
     def fails():
         raise RuntimeError("boom")
     with pytest.raises(RuntimeError, match="boom"):
-        benchmark._sample_s(fails, inner=1)
+        timing._sample_s(fails, inner=1)
     assert gc.isenabled()  # restored after an error too
