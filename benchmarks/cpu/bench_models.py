@@ -2,7 +2,7 @@
 
 Writes benchmarks/results/cpu_models.{json,md}, the current whole-model
 result, whatever the configuration (the reports record it: sparsity, autotune,
-folding). Extra arguments go to `escort-tf bench --models` (e.g. `--quick`,
+folding). Extra arguments go to `benchmarks/harness.py --models` (e.g. `--quick`,
 `--models resnet50`, `--sparsity 0.7 --autotune`, `--fold-batch-norm`); the
 committed cpu_models.* came from
 
@@ -24,13 +24,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # with AVX-512 VNNI/BF16 or AMX (else tf.nn.conv2d runs Eigen's kernel).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-from escort_tf import benchmark  # noqa: E402
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+import harness  # noqa: E402  (benchmarks/harness.py)
 
 RESULTS = pathlib.Path(__file__).resolve().parent.parent / "results"
 
 
 if __name__ == "__main__":
-    sys.exit(benchmark.main([
+    sys.exit(harness.main([
         "--models",
         "--json", str(RESULTS / "cpu_models.json"),
         "--markdown", str(RESULTS / "cpu_models.md"),

@@ -19,6 +19,7 @@ import glob
 import json
 import os
 import pathlib
+import sys
 import tempfile
 import time
 
@@ -31,6 +32,9 @@ import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
 from escort_tf import benchmark, fold  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+import harness  # noqa: E402  (benchmarks/harness.py)
 
 
 def op_times_ms(call, x, reps):
@@ -80,7 +84,7 @@ def main():
     report = {"machine": benchmark.machine_info(), "model": args.model, "batch": args.batch,
               "reps": args.reps, "variants": {}}
     lines = [f"# Op time per model call: {args.model}, batch {args.batch}", "",
-             f"{benchmark._machine_line(report['machine'])} TF profiler, {args.reps} calls "
+             f"{harness.machine_line(report['machine'])} TF profiler, {args.reps} calls "
              "per variant; ms per call summed over each op type's host events.", "",
              "| variant | wall ms | op type | ms | share of wall |", "|---|---|---|---|---|"]
     for name, model in variants.items():
