@@ -342,25 +342,37 @@ def convert(model, min_sparsity=0.5, autotune=False, *, autotune_batch_size=1,
     return (converted, report) if return_report else converted
 
 
+def _variable_checkpoint_key(child_names):
+    """TF's checkpoint key of a variable reached from the root by `child_names`.
+
+    TF's public API has no function for it, so this is the one place that uses
+    TF's own (private) escaping; the `convert_checkpoint` tests check the keys
+    against checkpoints TF writes.
+    """
+    # pylint: disable-next=import-outside-toplevel
+    from tensorflow.python.trackable import constants, trackable_utils
+    path = "/".join(trackable_utils.escape_local_name(name) for name in child_names)
+    return trackable_utils.checkpoint_key(path, constants.VARIABLE_VALUE_KEY)
+
+
 def _checkpoint_keys(model):
     """Maps each of `model.weights` to its checkpoint key relative to the model.
 
-    Keys follow TF's object-graph naming: the breadth-first shortest path of
-    child names from the root, escaped, plus "/.ATTRIBUTES/VARIABLE_VALUE".
+    TF names a variable by the breadth-first shortest path of child names from
+    the root object (`tf.train.TrackableView`).
     """
     wanted = {id(v): v for v in model.weights}
     view = tf.train.TrackableView(model)
-    keys, seen, queue = {}, {id(model)}, [(model, "")]
+    keys, seen, queue = {}, {id(model)}, [(model, ())]
     while queue and len(keys) < len(wanted):
         obj, path = queue.pop(0)
         for name, child in view.children(obj).items():
             if id(child) in seen:
                 continue
             seen.add(id(child))
-            child_path = path + name.replace(".", "..").replace("/", ".S")
             if id(child) in wanted:
-                keys[id(child)] = child_path + "/.ATTRIBUTES/VARIABLE_VALUE"
-            queue.append((child, child_path + "/"))
+                keys[id(child)] = _variable_checkpoint_key(path + (name,))
+            queue.append((child, path + (name,)))
     return [(wanted[i], keys.get(i)) for i in wanted]
 
 
