@@ -108,6 +108,8 @@ class BuildEscortOps(build_ext):
                                         "cuda", "include")
             gpu_glue = common + ["-DGOOGLE_CUDA=1", "-DEIGEN_USE_GPU",
                                  f"-I{cuda_include}"]
+            for source in SOURCES["GPU_PLAN_SRCS"]:
+                jobs.append(([cxx] + common, source))
             for source in SOURCES["TF_GPU_SRCS"]:
                 jobs.append(([cxx] + gpu_glue, source))
             archs = os.environ.get("ESCORT_TF_CUDA_ARCHS", DEFAULT_CUDA_ARCHS).split(";")
@@ -172,7 +174,8 @@ setup(
     ext_modules=[Extension(
         "escort_tf._escort_ops",
         sources=SOURCES["KERNEL_SRCS"] + SOURCES["TF_SRCS"]
-        + SOURCES["GPU_KERNEL_SRCS"] + SOURCES["TF_GPU_SRCS"])],
+        + SOURCES["GPU_PLAN_SRCS"] + SOURCES["GPU_KERNEL_SRCS"]
+        + SOURCES["TF_GPU_SRCS"])],
     cmdclass={"build_ext": BuildEscortOps},
     install_requires=[
         f"tensorflow=={_tf_minor()}.*",

@@ -29,6 +29,17 @@ GPU_KERNEL_SRCS = [
     "cc/kernels/csr_conv_gpu.cu",
 ]
 
+# Host-side planner of the CUDA kernel (tile choice, shared-memory layout):
+# plain C++ without CUDA headers, compiled with the C++ compiler into the
+# CUDA flavour, and into its CPU test (make test-cc).
+GPU_PLAN_HDRS = [
+    "cc/kernels/csr_conv_gpu_plan.h",
+]
+
+GPU_PLAN_SRCS = [
+    "cc/kernels/csr_conv_gpu_plan.cc",
+]
+
 # Layer 2: TensorFlow op registration and OpKernels.
 TF_HDRS = [
     "cc/tf/csr_conv_attrs.h",
