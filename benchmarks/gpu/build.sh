@@ -13,11 +13,13 @@ FLAGS="-std=c++17 -O3 -I$ROOT -lineinfo $ARCH"
 cd "$ROOT"
 # The two builds run side by side (each compiles every kernel instance).
 $NVCC $FLAGS -Xptxas -v -Xcompiler -fPIC -shared \
-  cc/kernels/csr_conv_gpu.cu benchmarks/gpu/escort_capi.cu \
+  cc/kernels/csr_conv_gpu.cu cc/kernels/csr_conv_gpu_plan.cc \
+  benchmarks/gpu/escort_capi.cu \
   -o "$OUT/libescort_gpu.so" 2> "$OUT/ptxas.txt" &
 lib=$!
 $NVCC $FLAGS cc/kernels/csr_conv_gpu_test.cu cc/kernels/csr_conv_gpu.cu \
-  cc/kernels/csr_conv_reference.cc cc/kernels/csr_validate.cc \
+  cc/kernels/csr_conv_gpu_plan.cc cc/kernels/csr_conv_reference.cc \
+  cc/kernels/csr_validate.cc \
   -o "$OUT/csr_conv_gpu_test"
 wait $lib
 grep -E "registers|spill" "$OUT/ptxas.txt" | paste - - | sed 's/ptxas info    ://g' | head -20 || true  # PTX-only builds run no ptxas

@@ -42,28 +42,39 @@
 //     fixed rank order before the epilogue. Still one launch, no workspace,
 //     no atomics, deterministic.
 // The tile is chosen by a cost model fitted to H100 measurements, its
-// bank-conflict weight to H200 ones (ChooseCsrConvGpuConfig;
-// benchmarks/gpu/NOTES.md has the data).
+// bank-conflict weight to H200 ones (csr_conv_gpu_plan.cc;
+// benchmarks/gpu/NOTES.md has the data). This file holds the kernel and the
+// launcher, which plans each geometry once per process (PlanCache).
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <atomic>
+#include <array>
 #include <climits>
-#include <cmath>
 #include <cstdint>
+#include <list>
+#include <map>
+#include <mutex>
+#include <unordered_map>
+#include <utility>
 
 #include "cc/kernels/csr_conv_gpu.h"
+#include "cc/kernels/csr_conv_gpu_plan.h"
 
 namespace escort {
 namespace {
 
-constexpr int kMaxSmemBytes = 227 * 1024;  // opt-in limit per block, sm_80+.
-constexpr int kSmemPerSm = 228 * 1024;
-// Channels per tap that one per-chunk list covers (the path without the
-// preload): chunks beyond it run in windows, so that a one-chunk tile of a
-// wide layer does not need lists for all its channels.
-constexpr int kListChannels = 128;
+using gpu_plan::ConfigValid;
+using gpu_plan::KernelInstanceIndex;
+using gpu_plan::kListChannels;
+using gpu_plan::kMaxSmemBytes;
+using gpu_plan::kNumKernelInstances;
+using gpu_plan::Layout;
+using gpu_plan::Log2;
+using gpu_plan::MakeLayout;
+using gpu_plan::MaxThreads;
+using gpu_plan::StageChannelLanes;
+using gpu_plan::StageChannelsPerThread;
 
 // n / d for 0 <= n < 2^31 as a multiply-high and a shift (see Divide).
 struct FastDivisor {
@@ -382,12 +393,6 @@ __device__ __forceinline__ void ClusterSync(const Params& p) {
   if (p.split > 1) cooperative_groups::this_cluster().sync();
 #endif
 }
-
-// Threads per block an instance allows (row parts multiply the warps):
-// instances with few accumulators (PT * KW <= 8: at most 64 registers) run
-// up to 32 warps, the others up to 16 with up to 128 registers, the cap
-// they had at 256 threads and two blocks per SM.
-constexpr int MaxThreads(int pt, int kw) { return pt * kw <= 8 ? 1024 : 512; }
 
 template <int PT, int KW, int PC>
 __global__ void __launch_bounds__(MaxThreads(PT, KW), 1)
@@ -753,67 +758,13 @@ __global__ void __launch_bounds__(MaxThreads(PT, KW), 1)
   ClusterSync(p);
 }
 
-// (pixels_per_lane, channels_per_warp, row_slots) instantiated. row_slots
-// (PC) 1 is the general path; PC > 1 needs stride_w 1 and
-// tile_w == (32 / images) * PC, tile_h == PT / PC.
-#define ESCORT_KERNEL_INSTANCES(X)                                        \
-  X(2, 1, 1) X(2, 2, 1) X(4, 1, 1) X(4, 2, 1) X(4, 4, 1) X(8, 1, 1)       \
-  X(8, 2, 1) X(8, 4, 1) X(16, 1, 1) X(16, 2, 1) X(4, 2, 4) X(4, 4, 4)     \
-  X(8, 2, 4) X(8, 4, 4) X(8, 2, 8) X(8, 4, 8) X(16, 1, 8) X(16, 2, 8)     \
-  X(16, 2, 4) X(16, 1, 4)
-
-// The kernel of instance (pt, kw, pc) and its position in
-// ESCORT_KERNEL_INSTANCES, or nullptr where it is not instantiated.
-const void* InstanceKernel(int pt, int kw, int pc, int* position) {
-  int i = 0;
-#define ESCORT_FIND(PT, KW, PC)                                      \
-  if (pt == PT && kw == KW && pc == PC) {                            \
-    *position = i;                                                   \
-    return reinterpret_cast<const void*>(CsrConvKernel<PT, KW, PC>); \
-  }                                                                  \
-  ++i;
-  ESCORT_KERNEL_INSTANCES(ESCORT_FIND)
-#undef ESCORT_FIND
-  return nullptr;
-}
-
-bool Instantiated(int pt, int kw, int pc) {
-  int position;
-  return InstanceKernel(pt, kw, pc, &position) != nullptr;
-}
-
-// Registers per thread of instance (pt, kw, pc) as compiled, for the
-// occupancy estimate of the cost model (a formula missed v14's growth by up
-// to 30 registers, which cost googlenet at batch 32 a third of its resident
-// warps); 0 where unknown. Asked once per instance and process.
-int CompiledRegisters(int pt, int kw, int pc) {
-#define ESCORT_COUNT(PT, KW, PC) +1
-  constexpr int kInstances = 0 ESCORT_KERNEL_INSTANCES(ESCORT_COUNT);
-#undef ESCORT_COUNT
-  static std::atomic<int> cache[kInstances] = {};  // 0: not asked, -1: failed
-  int index = 0;
-  const void* kernel = InstanceKernel(pt, kw, pc, &index);
-  if (kernel == nullptr) return 0;
-  int regs = cache[index].load(std::memory_order_relaxed);
-  if (regs == 0) {
-    cudaFuncAttributes attributes;
-    if (cudaFuncGetAttributes(&attributes, kernel) == cudaSuccess) {
-      regs = attributes.numRegs;
-    } else {
-      cudaGetLastError();  // Not sticky: leave no error for the launch check.
-      regs = -1;
-    }
-    cache[index].store(regs, std::memory_order_relaxed);
-  }
-  return std::max(regs, 0);
-}
-
-int Log2(int v) {
-  int l = 0;
-  while ((1 << l) < v) ++l;
-  return l;
-}
-bool IsPow2(int v) { return v > 0 && (v & (v - 1)) == 0; }
+// The instances' kernels, in the order of gpu_plan::kKernelInstances.
+#define ESCORT_KERNEL_POINTER(PT, KW, PC) \
+  reinterpret_cast<const void*>(CsrConvKernel<PT, KW, PC>),
+const void* const kKernels[] = {ESCORT_KERNEL_INSTANCES(ESCORT_KERNEL_POINTER)};
+#undef ESCORT_KERNEL_POINTER
+static_assert(sizeof(kKernels) / sizeof(kKernels[0]) == kNumKernelInstances,
+              "one kernel per instance of the plan header");
 
 // Multiplier and shift of Divide for a divisor d >= 1: shift =
 // ceil(log2(d)), magic = 2^32 * (2^shift - d) / d + 1 (exact quotients for
@@ -827,162 +778,120 @@ FastDivisor MakeFastDivisor(int64_t d) {
   return f;
 }
 
-// How StageNhwc splits a chunk of chunk_c channels: channel lanes per warp
-// (8, fewer only below 8 channels) and channels per thread (up to 4).
-int StageChannelLanes(int chunk_c) { return std::min(chunk_c, 8); }
-int StageChannelsPerThread(int chunk_c) {
-  return std::min(4, chunk_c / StageChannelLanes(chunk_c));
-}
-// Instructions per staged float: StageNhwc issues about 14 / kc + 2 (kc
-// channels per thread), the NCHW copy loop 22.
-double StagingInstructionsPerFloat(const ConvGeometry& g, int chunk_c) {
-  return g.data_format == DataFormat::kNHWC
-             ? 14.0 / StageChannelsPerThread(chunk_c) + 2.0
-             : 22.0;
-}
-
-struct Layout {
-  int tih, tiw, nbti, chan_pitch, tile_floats, slot_pitch;
-  int lists_off, cursors_off, tapoff_off, stab_off, otab_off, smem_bytes;
-  int pool_cap, pool_off, starts_off, nch;
+// What the launcher knows of one device. It does not change while the
+// process runs, so it is asked once per device instead of on every call.
+struct DeviceState {
+  // The planner's view: SM count, cluster support, compiled registers.
+  CsrConvGpuDeviceInfo info;
+  // Opt-in dynamic shared memory per block, capped at kMaxSmemBytes: the
+  // value each instance's MaxDynamicSharedMemorySize attribute is set to.
+  int max_smem = 0;
+  // Whether that attribute has been set for instance i on this device.
+  bool smem_attribute_set[kNumKernelInstances] = {};
 };
 
-int AlignUp(int v, int a) { return (v + a - 1) / a * a; }
-
-Layout MakeLayout(const ConvGeometry& g, const CsrConvGpuConfig& c,
-                  int64_t nnz) {
-  Layout l;
-  const int rs = static_cast<int>(g.R * g.S);
-  l.tih = static_cast<int>((c.tile_h - 1) * g.stride_h + (g.R - 1) * g.dilation_h + 1);
-  l.tiw = static_cast<int>((c.tile_w - 1) * g.stride_w + (g.S - 1) * g.dilation_w + 1);
-  l.nbti = c.images * l.tih * l.tiw;
-  // NHWC staging writes 8 channels x 4 positions per instruction (see
-  // StageNhwc): a pitch of 4 x odd floats spreads those over all 32 banks.
-  l.chan_pitch = AlignUp(l.nbti + 4, 8) - 4;
-  // Channels past C are never staged.
-  l.tile_floats = static_cast<int>(std::min<int64_t>(c.chunk_c, g.C)) * l.chan_pitch;
-  l.nch = static_cast<int>((g.C + c.chunk_c - 1) / c.chunk_c);
-  const int nslots = c.images * c.tile_h * c.tile_w;
-  // Odd: the NHWC epilogue's loads walk this stride across lanes.
-  l.slot_pitch = nslots | 1;
-  const int kb = c.warps * c.channels_per_warp;
-  // One chunk needs no second buffer.
-  const int region = std::max((l.nch > 1 ? 2 : 1) * l.tile_floats,
-                              c.row_parts * kb * l.slot_pitch);
-  int off = AlignUp(region * 4, 16);
-  l.cursors_off = off;
-  off += c.warps * c.channels_per_warp * rs * 4;
-  l.tapoff_off = off;
-  off += rs * 4;
-  l.stab_off = off;
-  off += l.nbti * 4;
-  l.otab_off = off;
-  off += nslots * 4;
-  l.pool_cap = 0;
-  if (c.preload && l.nch <= 64 && g.K > 0) {
-    // Room for 1.25x the block's expected entries; a block whose rows are
-    // longer takes the per-chunk path instead.
-    const double mean = static_cast<double>(nnz) / g.K * kb;
-    l.pool_cap = static_cast<int>(std::min<double>(1.25 * mean + 64, 1 << 20));
-  }
-  // A block uses either the per-chunk lists or the preloaded pool and its
-  // chunk starts, never both: they share one section.
-  off = AlignUp(off, 8);
-  l.lists_off = off;
-  l.pool_off = off;
-  l.starts_off = off + l.pool_cap * 8;
-  const int list_channels =
-      static_cast<int>(std::min<int64_t>(std::min(c.chunk_c, kListChannels), g.C));
-  const int lists_end = off + c.warps * rs * list_channels * 8;
-  const int pool_end =
-      l.starts_off + (l.pool_cap > 0 ? c.row_parts * kb * (l.nch + 1) * 4 : 0);
-  l.smem_bytes = AlignUp(std::max(lists_end, pool_end), 16);
-  return l;
+// DeviceState by device ordinal.
+struct DeviceTable {
+  std::mutex mu;
+  std::map<int, DeviceState> states;
+};
+DeviceTable& Devices() {
+  // Never destroyed: ops may still run while static objects are destroyed.
+  static auto* table = new DeviceTable;
+  return *table;
 }
 
-bool ConfigValid(const ConvGeometry& g, const CsrConvGpuConfig& c,
-                 int64_t nnz) {
-  const int pt = c.pixels_per_lane, kw = c.channels_per_warp;
-  if (!Instantiated(pt, kw, c.row_slots)) return false;
-  if (c.warps != 4 && c.warps != 8) return false;
-  if (!IsPow2(c.row_parts) || c.row_parts > 4 ||
-      32 * c.warps * c.row_parts > MaxThreads(pt, kw)) {
-    return false;
+// Asks the device for what DeviceState holds. Clusters need an sm_90+
+// device and a kernel image compiled for sm_90+: a PTX-only build for an
+// older architecture JIT-compiled on sm_90 would drop the cluster
+// reduction (see TileValue). Every instance comes from the same module, so
+// one stands for all.
+cudaError_t QueryDevice(int device, DeviceState* state) {
+  int major = 0, num_sms = 0, optin = 0;
+  cudaError_t err = cudaDeviceGetAttribute(
+      &major, cudaDevAttrComputeCapabilityMajor, device);
+  if (err == cudaSuccess) {
+    err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount,
+                                 device);
   }
-  if (!IsPow2(c.images) || c.images > 32) return false;
-  if (c.row_slots > 1 &&
-      (g.stride_w != 1 || c.tile_w != (32 / c.images) * c.row_slots ||
-       c.tile_h != pt / c.row_slots)) {
-    return false;
+  if (err == cudaSuccess) {
+    err = cudaDeviceGetAttribute(
+        &optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   }
-  if (!IsPow2(c.chunk_c) || c.chunk_c > 512) return false;
-  if (c.tile_h < 1 || c.tile_w < 1) return false;
-  if (static_cast<int64_t>(c.images) * c.tile_h * c.tile_w > 32 * pt)
-    return false;
-  // Each rank of a split needs a chunk of its own; 8 is the portable
-  // cluster size limit.
-  const Layout l = MakeLayout(g, c, nnz);
-  if (c.split_c < 1 || c.split_c > 8 || c.split_c > std::max(l.nch, 1))
-    return false;
-  return l.smem_bytes <= kMaxSmemBytes;
+  if (err != cudaSuccess) return err;
+  state->info.num_sms = num_sms;
+  state->max_smem = std::min(optin, kMaxSmemBytes);
+  // Registers per thread as compiled for this device: they decide how many
+  // warps fit on an SM, which the cost model needs exactly. 0 (the planner
+  // estimates) where the runtime cannot say; the error is cleared so that
+  // it is not taken for the launch's.
+  int ptx_version = 0;
+  for (int i = 0; i < kNumKernelInstances; ++i) {
+    cudaFuncAttributes attributes;
+    if (cudaFuncGetAttributes(&attributes, kKernels[i]) == cudaSuccess) {
+      state->info.registers[i] = attributes.numRegs;
+      ptx_version = attributes.ptxVersion;
+    } else {
+      cudaGetLastError();
+      state->info.registers[i] = 0;
+    }
+  }
+  state->info.clusters = major >= 9 && ptx_version >= 90;
+  return cudaSuccess;
 }
 
-cudaError_t CurrentDeviceAttribute(cudaDeviceAttr attribute, int* value) {
-  int device = 0;
-  const cudaError_t err = cudaGetDevice(&device);
+// The state of `device`, asked on first use. The queries run outside the
+// lock; two threads that race on a new device store the same answer.
+cudaError_t GetDeviceState(int device, DeviceState* state) {
+  DeviceTable& table = Devices();
+  {
+    std::lock_guard<std::mutex> lock(table.mu);
+    const auto it = table.states.find(device);
+    if (it != table.states.end()) {
+      *state = it->second;
+      return cudaSuccess;
+    }
+  }
+  DeviceState fresh;
+  const cudaError_t err = QueryDevice(device, &fresh);
   if (err != cudaSuccess) return err;
-  return cudaDeviceGetAttribute(value, attribute, device);
+  std::lock_guard<std::mutex> lock(table.mu);
+  *state = table.states.emplace(device, fresh).first->second;
+  return cudaSuccess;
 }
 
-// Whether the current device runs clusters and the kernel image loaded for
-// it was compiled with them: a PTX-only build for an older architecture
-// JIT-compiled on sm_90 would drop the cluster reduction (see TileValue).
-// Every instance comes from the same module, so one stands for all. The
-// answer is cached per device: the launcher asks on every call.
-cudaError_t CheckClusterSupport() {
-  constexpr int kCachedDevices = 64;
-  enum : int { kUnknown = 0, kSupported = 1, kUnsupported = 2 };
-  static std::atomic<int> cache[kCachedDevices] = {};
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  const bool cacheable = device >= 0 && device < kCachedDevices;
-  const int known = cacheable ? cache[device].load(std::memory_order_relaxed)
-                              : kUnknown;
-  if (known != kUnknown) {
-    return known == kSupported ? cudaSuccess : cudaErrorInvalidValue;
+// Sets instance `index`'s MaxDynamicSharedMemorySize on `device` (the
+// current one) to the device's limit, once: the attribute is per device
+// and function, and one value that admits every config avoids a driver
+// call per launch.
+// Called after GetDeviceState(device); two threads that race set the same
+// value.
+cudaError_t AllowMaxSmem(int device, int index, int max_smem) {
+  DeviceTable& table = Devices();
+  {
+    std::lock_guard<std::mutex> lock(table.mu);
+    const auto it = table.states.find(device);
+    if (it != table.states.end() && it->second.smem_attribute_set[index]) {
+      return cudaSuccess;
+    }
   }
-  int major = 0;
-  err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor,
-                               device);
+  const cudaError_t err = cudaFuncSetAttribute(
+      kKernels[index], cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem);
   if (err != cudaSuccess) return err;
-  cudaFuncAttributes attributes;
-  err = cudaFuncGetAttributes(&attributes, CsrConvKernel<4, 1, 1>);
-  if (err != cudaSuccess) return err;
-  const bool supported = major >= 9 && attributes.ptxVersion >= 90;
-  if (cacheable) {
-    cache[device].store(supported ? kSupported : kUnsupported,
-                        std::memory_order_relaxed);
-  }
-  return supported ? cudaSuccess : cudaErrorInvalidValue;
+  std::lock_guard<std::mutex> lock(table.mu);
+  const auto it = table.states.find(device);
+  if (it != table.states.end()) it->second.smem_attribute_set[index] = true;
+  return cudaSuccess;
 }
 
 template <int PT, int KW, int PC>
 cudaError_t LaunchOn(const Params& p, int blocks, int threads, int smem,
-                     cudaStream_t stream) {
-  // The dynamic shared-memory limit is a per-device attribute of the
-  // function; setting it on every call is cheap next to the launch and keeps
-  // multi-device processes correct.
-  cudaError_t err = cudaFuncSetAttribute(
-      CsrConvKernel<PT, KW, PC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-      smem);
-  if (err != cudaSuccess) return err;
+                     bool clusters, cudaStream_t stream) {
   if (p.split == 1) {
     CsrConvKernel<PT, KW, PC><<<blocks, threads, smem, stream>>>(p);
     return cudaGetLastError();
   }
-  err = CheckClusterSupport();
-  if (err != cudaSuccess) return err;
+  if (!clusters) return cudaErrorInvalidValue;
   cudaLaunchAttribute cluster;
   cluster.id = cudaLaunchAttributeClusterDimension;
   cluster.val.clusterDim.x = p.split;
@@ -995,292 +904,19 @@ cudaError_t LaunchOn(const Params& p, int blocks, int threads, int smem,
   launch.stream = stream;
   launch.attrs = &cluster;
   launch.numAttrs = 1;
-  err = cudaLaunchKernelEx(&launch, CsrConvKernel<PT, KW, PC>, p);
+  const cudaError_t err = cudaLaunchKernelEx(&launch, CsrConvKernel<PT, KW, PC>, p);
   if (err != cudaSuccess) return err;
   return cudaGetLastError();
 }
 
-// Estimated SM-cycles of one config. Calibrated with Nsight Compute on the
-// H100 (benchmarks/gpu/NOTES.md): the kernel issues about 2.6 instructions
-// per cycle per SM, and its cost is instructions (the hot loop's load, FMA
-// and address add per slot, the per-tap list rounds, the staging copies)
-// or the shared-memory pipe (one 32-lane load per cycle), whichever is
-// larger, times the wave quantisation of the grid; or, where larger (small
-// grids), the latency model below.
-// Constants of the model, fitted to the H100 timings of NOTES.md: per-chunk
-// block overhead (barrier, cp.async wait, list latency) in cycles, staging
-// instructions per copied word, warps per SM that hide latency, preload
-// instructions per entry, issued instructions per cycle.
-constexpr double kCostModel[5] = {86.0, 5.94, 16.8, 1.1, 3.99};
-// Small grids (batch 1) are bound by each warp's chain of dependent
-// instructions, not by issue. Their time in microseconds:
-//   [0] + waves * (n_w * ([1] + [3] * warps_per_sm) + [2] * chunks
-//                  + [7] * channels_per_warp * chunks
-//                  + [9] * channels_per_warp * chunks without the preload),
-//   n_w = hot-loop instructions + [8] * extra shared-load wavefronts (bank
-//         conflicts) + [4] * staging instructions + [5] * preload rounds
-//         ([10] with one chunk: one pass, no bucketing)
-//         + list-building instructions + [6]   (per warp)
-// [0]-[9] fitted (least squares on log time, 6,000 tiles of the ten
-// benchmark layers, 9% rms error) to the H100 batch-1 sweeps in
-// benchmarks/results/history/gpu_sweep_b1_h100_v11.json and _v12.json; [10]
-// alone to 438 tiles around the heuristic's
-// (benchmarks/results/history/gpu_sweep_b1_h100_v14_one-chunk.json).
-constexpr double kLatencyModel[11] = {2.427,  1.089e-3, 0.3766, 1.102e-4,
-                                      2.744,  86.68,    849.6,  0.1226,
-                                      2.228,  0.1618,   31.9};
-// Cycles per microsecond (H100 boost clock) and the factor from the
-// throughput model's cycles to measured ones (1.6-2.9 at batch 32), to put
-// the two estimates on one scale.
-constexpr double kCyclesPerMicro = 1980.0;
-constexpr double kThroughputScale = 2.0;
-// Share of the hot loop's extra shared-memory wavefronts (bank conflicts of
-// the lane->pixel map, SlotWavefronts) that shows in batch-32 time, chosen on
-// 570 swept tiles of the ten benchmark layers on an H200
-// (benchmarks/results/history/gpu_sweep_b32_h200_v15_smem.json; e.g. a
-// 27 x 9 tile with 1.94 wavefronts per load ran 17% slower than the 9 x 27
-// one with 1.56 on caffenet_conv2). Less than 1: the shared pipe is one of
-// several limits.
-constexpr double kConflictWeight = 0.25;
-// Fixed cost of a split, in cycles: on the H100, splitting a batch-1 tile
-// two ways added 7-16 us on nine of the ten benchmark layers and 2 us on
-// the smallest (benchmarks/results/history/gpu_sweep_h100_v9_split.json),
-// with or without the row preload (benchmarks/gpu/NOTES.md). With this
-// value the model splits only where the sweeps measured a gain.
-constexpr double kSplitCycles = 14000.0;
-
-// Mean shared-memory wavefronts of one hot-loop slot load (1: conflict
-// free): the 32 lanes' words of each slot, as the kernel maps lanes to
-// (image, pixel); spare slots read pixel 0. The row-slot path (PC > 1) is
-// conflict free by construction.
-double SlotWavefronts(const ConvGeometry& g, const CsrConvGpuConfig& c,
-                      const Layout& l) {
-  if (c.row_slots > 1) return 1.0;
-  const int log_nb = Log2(c.images), g_step = 32 >> log_nb;
-  const int tile_pixels = c.tile_h * c.tile_w;
-  double total = 0;
-  for (int i = 0; i < c.pixels_per_lane; ++i) {
-    int words[32];
-    for (int lane = 0; lane < 32; ++lane) {
-      int pix = (lane >> log_nb) + g_step * i;
-      if (pix >= tile_pixels) pix = 0;
-      const int py = pix / c.tile_w, px = pix - py * c.tile_w;
-      words[lane] = ((py * static_cast<int>(g.stride_h) * l.tiw +
-                      px * static_cast<int>(g.stride_w)) << log_nb) +
-                    (lane & (c.images - 1));
-    }
-    std::sort(words, words + 32);
-    const int distinct = static_cast<int>(std::unique(words, words + 32) - words);
-    int per_bank[32] = {};
-    int worst = 0;
-    for (int w = 0; w < distinct; ++w) worst = std::max(worst, ++per_bank[words[w] & 31]);
-    total += worst;
-  }
-  return total / c.pixels_per_lane;
-}
-
-double EstimateCost(const ConvGeometry& g, double density, int64_t nnz,
-                    const CsrConvGpuConfig& c, int num_sms) {
-  const Layout l = MakeLayout(g, c, nnz);
-  const double rs = static_cast<double>(g.R * g.S);
-  const int kb = c.warps * c.channels_per_warp;
-  const int pt = c.pixels_per_lane;
-  const int parts = c.row_parts;
-  const int nwarps = c.warps * parts;
-  const int64_t blocks = ((g.N + c.images - 1) / c.images) *
-                         ((g.P + c.tile_h - 1) / c.tile_h) *
-                         ((g.Q + c.tile_w - 1) / c.tile_w) *
-                         ((g.K + kb - 1) / kb) * c.split_c;
-  // Chunks of the busiest rank.
-  const int64_t nch_all = l.nch;
-  const int64_t nch = (nch_all + c.split_c - 1) / c.split_c;
-  const double clen = static_cast<double>(std::min<int64_t>(c.chunk_c, g.C));
-  const double entries = rs * clen * density;
-  const double adds = c.row_slots > 1 ? pt / c.row_slots : pt;
-  const double per_tap = clen * density;
-  // Without the preload: per chunk and tap group, a list round per
-  // kListChannels window and one per four entries of a tap.
-  const double windows = std::ceil(clen / kListChannels);
-  const double rounds = l.pool_cap > 0 ? 0.0
-                       : std::ceil(rs / 32.0) * (1.5 * windows + per_tap / 4.0);
-  const double issue_warp_chunk =
-      c.channels_per_warp * (entries * (2.0 * pt + adds + 4.0) + rounds * 45.0 + 20.0);
-  const double wavefronts = SlotWavefronts(g, c, l);
-  const double lds_warp_chunk =
-      c.channels_per_warp *
-      (entries * (pt * (1.0 + kConflictWeight * (wavefronts - 1.0)) + 1.0) + rounds * 6.0);
-  const double staging = clen * l.nbti / 32.0;
-  // kCostModel[1] was fitted to a copy loop of 22 instructions per float.
-  const double staging_per_float = StagingInstructionsPerFloat(g, c.chunk_c);
-  const double staging_scale = staging_per_float / 22.0;
-  // Preloading reads each row once, coalesced, in two bucketing passes (one
-  // where there is one chunk).
-  const double preload =
-      l.pool_cap > 0
-          ? (l.nch == 1 ? 1.0 : 2.0) * kCostModel[3] * kb * (rs * g.C * density) / 32.0
-          : 0.0;
-  // Epilogue: each rank stores 1/split of the tile, reading split partials.
-  const double tile_words = static_cast<double>(kb) * c.images * c.tile_h * c.tile_w;
-  const double cluster_cycles = c.split_c > 1 ? kSplitCycles : 0.0;
-  // Row parts add each extra warp's per-chunk overhead and a shared read
-  // per part in the epilogue.
-  const double block_issue =
-      nch * (c.warps * issue_warp_chunk + kCostModel[1] * staging_scale * staging +
-             (parts - 1) * kb * 20.0) +
-      preload +
-      tile_words / 32.0 * (4.0 + (c.split_c > 1 ? 3.0 : 0.0) + (parts - 1)) +
-      400.0;
-  const double block_lds = nch * (c.warps * lds_warp_chunk + 2.0 * staging);
-  const double block_cycles =
-      std::max(block_issue / kCostModel[4], block_lds / 0.9) +
-      nch * kCostModel[0] + cluster_cycles;
-  const int compiled = CompiledRegisters(pt, c.channels_per_warp, c.row_slots);
-  // Registers are allocated per warp in units of 8 per thread.
-  const int regs = compiled > 0 ? AlignUp(compiled, 8)
-                                : 40 + pt * (c.channels_per_warp + 1);
-  int occ = kSmemPerSm / (l.smem_bytes + 1024);
-  occ = std::min(occ, 64 / nwarps);
-  occ = std::min(occ, 65536 / (std::min(regs, 128) * 32 * nwarps));
-  if (occ < 1) return 1e30;
-  const int64_t per_sm = (blocks + num_sms - 1) / num_sms;
-  const int64_t conc = std::min<int64_t>(occ, per_sm);
-  // Too few warps per SM leave load and barrier latency exposed.
-  const double eff = std::min(1.0, conc * nwarps / kCostModel[2]);
-  const double throughput = kThroughputScale * per_sm * block_cycles / eff;
-  // Latency (kLatencyModel): one warp's instructions, its row part's
-  // entries in the hot loop, its share of the staging copies and of the
-  // preload's rounds, or without the preload the per-chunk list rounds (the
-  // whole row then runs in the part-0 warp).
-  const bool pooled = l.pool_cap > 0;
-  const double part_len = rs * g.C * density / (pooled ? parts : 1);
-  const double hot =
-      c.channels_per_warp * part_len *
-          (2.0 * pt + adds + 4.0 +
-           kLatencyModel[8] * pt * (wavefronts - 1.0)) +
-      (pooled ? 0.0 : nch_all * c.channels_per_warp * rounds * 45.0);
-  const double stage_w =
-      static_cast<double>(std::min<int64_t>(c.chunk_c, g.C)) * nch * l.nbti /
-      (32.0 * nwarps) * staging_per_float;
-  const double pre_w = pooled
-      ? c.channels_per_warp * 2.0 * std::ceil(part_len * nch / nch_all / 128.0) * 4.0
-      : 0.0;
-  const double n_w = hot * nch / nch_all + kLatencyModel[4] * stage_w +
-                     kLatencyModel[nch_all == 1 ? 10 : 5] * pre_w + kLatencyModel[6];
-  const double waves = static_cast<double>((per_sm + occ - 1) / occ);
-  const double latency =
-      kCyclesPerMicro *
-          (kLatencyModel[0] +
-           waves * (n_w * (kLatencyModel[1] + kLatencyModel[3] * conc * nwarps) +
-                    nch * (kLatencyModel[2] +
-                           (kLatencyModel[7] + (pooled ? 0.0 : kLatencyModel[9])) *
-                               c.channels_per_warp))) +
-      cluster_cycles;
-  return std::max(throughput, latency);
-}
-
-}  // namespace
-
-CsrConvGpuConfig ChooseCsrConvGpuConfig(const ConvGeometry& g, int64_t nnz,
-                                        int num_sms, bool clusters) {
-  // One-entry cache: the op calls this with the same layer again and again.
-  struct Key {
-    int64_t v[16];
-  };
-  thread_local Key last_key{};
-  thread_local CsrConvGpuConfig last_config;
-  thread_local bool have_last = false;
-  const Key key{{g.N, g.H, g.W, g.C, g.K, g.R, g.S, g.P, g.Q, g.stride_h,
-                 g.stride_w, g.dilation_h, g.dilation_w,
-                 (g.data_format == DataFormat::kNHWC ? 1 : 0) + (clusters ? 2 : 0),
-                 nnz, num_sms}};
-  if (have_last && std::equal(key.v, key.v + 16, last_key.v)) return last_config;
-
-  const double cols = static_cast<double>(g.K) * g.R * g.S * g.C;
-  const double density = cols > 0 ? std::min(1.0, nnz / cols) : 0.0;
-  CsrConvGpuConfig best;
-  double best_cost = 1e31;
-  const int max_nb = g.N >= 32 ? 32 : (1 << Log2(static_cast<int>(std::max<int64_t>(g.N, 1))));
-  auto consider = [&](CsrConvGpuConfig c) {
-    for (int split = 1; split <= (clusters ? 8 : 1); split *= 2)
-    for (int parts = 1; parts <= 4; parts *= 2)
-    for (int preload = 0; preload <= 1; ++preload) {
-      c.split_c = split;
-      c.row_parts = parts;
-      c.preload = preload;
-      // Chunks under 8 channels were slow on every layer measured (a
-      // barrier and a cp.async wait per few nonzeros); smaller only for
-      // tiny C or when shared memory forces it (the loop's last resort).
-      const int min_cc = static_cast<int>(std::min<int64_t>(8, std::max<int64_t>(g.C, 1)));
-      for (int cc = 1; cc <= 512; cc *= 2) {
-        if (cc < min_cc && best_cost < 1e30) continue;
-        c.chunk_c = cc;
-        if (ConfigValid(g, c, nnz)) {
-          const double cost = EstimateCost(g, density, nnz, c, num_sms);
-          if (cost < best_cost) {
-            best_cost = cost;
-            best = c;
-          }
-        }
-        if (cc >= g.C) break;  // Larger chunks change nothing.
-      }
-    }
-  };
-  struct Instance {
-    int pt, kw, pc;
-  };
-#define ESCORT_LIST(PT, KW, PC) {PT, KW, PC},
-  static const Instance kInstances[] = {ESCORT_KERNEL_INSTANCES(ESCORT_LIST)};
-#undef ESCORT_LIST
-  for (const Instance& in : kInstances) {
-    for (int warps = 4; warps <= 8; warps += 4) {
-      for (int nb = 1; nb <= max_nb; nb *= 2) {
-        CsrConvGpuConfig c;
-        c.pixels_per_lane = in.pt;
-        c.channels_per_warp = in.kw;
-        c.warps = warps;
-        c.images = nb;
-        c.row_slots = in.pc;
-        if (in.pc > 1) {  // The tile follows from the lane layout.
-          c.tile_w = (32 / nb) * in.pc;
-          c.tile_h = in.pt / in.pc;
-          if (c.tile_w > 2 * g.Q + 32) continue;  // Mostly idle lanes.
-          consider(c);
-          continue;
-        }
-        const int pix = 32 * in.pt / nb;
-        // Tile widths worth trying: powers of two and even splits of Q.
-        int tws[16];
-        int ntw = 0;
-        for (int v = 1; v <= pix && v <= 64; v *= 2) tws[ntw++] = v;
-        for (int d = 1; d <= 4; ++d) {
-          const int v = static_cast<int>((g.Q + d - 1) / d);
-          if (v <= pix) tws[ntw++] = v;
-        }
-        for (int i = 0; i < ntw; ++i) {
-          c.tile_w = static_cast<int>(std::min<int64_t>(tws[i], g.Q));
-          c.tile_h = static_cast<int>(std::min<int64_t>(pix / c.tile_w, g.P));
-          if (c.tile_h < 1) continue;
-          consider(c);
-        }
-      }
-    }
-  }
-  last_key = key;
-  last_config = best;
-  have_last = true;
-  return best;
-}
-
-cudaError_t CsrConv2DGpuWithConfig(const ConvGeometry& g, const float* input,
-                                   const int32_t* row_offsets,
-                                   const int32_t* column_indices,
-                                   const float* values, int64_t nnz,
-                                   const float* bias, Activation activation,
-                                   float* output,
-                                   const CsrConvGpuConfig& c,
-                                   cudaStream_t stream) {
-  if (g.N == 0 || g.P == 0 || g.Q == 0 || g.K == 0) return cudaSuccess;
-  if (!ConfigValid(g, c, nnz)) return cudaErrorInvalidValue;
+// Launches config `c` (already checked by ConfigValid) on `device`, the
+// current device, described by `state`.
+cudaError_t Launch(const ConvGeometry& g, const float* input,
+                   const int32_t* row_offsets, const int32_t* column_indices,
+                   const float* values, int64_t nnz, const float* bias,
+                   Activation activation, float* output,
+                   const CsrConvGpuConfig& c, int device,
+                   const DeviceState& state, cudaStream_t stream) {
   const Layout l = MakeLayout(g, c, nnz);
   Params p;
   p.input = input;
@@ -1359,35 +995,145 @@ cudaError_t CsrConv2DGpuWithConfig(const ConvGeometry& g, const float* input,
   const int blocks = static_cast<int>(blocks64);
   const int threads = 32 * c.warps * c.row_parts;
   const int smem = l.smem_bytes;
+  // A config over this device's limit (kMaxSmemBytes is Hopper's) fails
+  // here rather than in the launch.
+  if (smem > state.max_smem) return cudaErrorInvalidValue;
+  const int index =
+      KernelInstanceIndex(c.pixels_per_lane, c.channels_per_warp, c.row_slots);
+  const cudaError_t err = AllowMaxSmem(device, index, state.max_smem);
+  if (err != cudaSuccess) return err;
+  const bool clusters = state.info.clusters;
   switch (c.pixels_per_lane * 100 + c.channels_per_warp * 10 + c.row_slots) {
 #define ESCORT_CASE(PT, KW, PC) \
   case PT * 100 + KW * 10 + PC:  \
-    return LaunchOn<PT, KW, PC>(p, blocks, threads, smem, stream);
+    return LaunchOn<PT, KW, PC>(p, blocks, threads, smem, clusters, stream);
     ESCORT_KERNEL_INSTANCES(ESCORT_CASE)
 #undef ESCORT_CASE
     default: return cudaErrorInvalidValue;
   }
 }
 
-cudaError_t CsrConv2DGpu(const ConvGeometry& geometry, const float* input,
+// Process-wide cache of plans: planning searches thousands of tiles (about
+// 2 ms on the host), and a model calls the op with each of its layer shapes
+// again and again. The key holds everything the plan depends on: the whole
+// geometry, nnz, and the device (ordinal, SM count, cluster support; the
+// register counts follow from the ordinal). Bounded, least recently used
+// out first, so that a process that sees endless shapes does not grow.
+class PlanCache {
+ public:
+  static constexpr size_t kCapacity = 256;
+  using Key = std::array<int64_t, 22>;
+
+  static Key MakeKey(const ConvGeometry& g, int64_t nnz, int device,
+                     const CsrConvGpuDeviceInfo& info) {
+    return Key{g.N, g.H, g.W, g.C, g.K, g.R, g.S, g.P, g.Q,
+               g.stride_h, g.stride_w, g.dilation_h, g.dilation_w,
+               g.pad_top, g.pad_left, g.pad_bottom, g.pad_right,
+               g.data_format == DataFormat::kNHWC ? 0 : 1,
+               nnz, device, info.num_sms, info.clusters ? 1 : 0};
+  }
+
+  bool Find(const Key& key, CsrConvGpuConfig* config) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto it = index_.find(key);
+    if (it == index_.end()) return false;
+    entries_.splice(entries_.begin(), entries_, it->second);  // Most recent.
+    *config = it->second->second;
+    return true;
+  }
+
+  void Insert(const Key& key, const CsrConvGpuConfig& config) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (index_.count(key) != 0) return;  // Another thread planned it too.
+    entries_.emplace_front(key, config);
+    index_.emplace(key, entries_.begin());
+    if (entries_.size() > kCapacity) {
+      index_.erase(entries_.back().first);
+      entries_.pop_back();
+    }
+  }
+
+ private:
+  struct KeyHash {
+    size_t operator()(const Key& key) const {
+      uint64_t h = 1469598103934665603ull;  // FNV-1a over the fields.
+      for (int64_t v : key) h = (h ^ static_cast<uint64_t>(v)) * 1099511628211ull;
+      return static_cast<size_t>(h);
+    }
+  };
+  using Entries = std::list<std::pair<Key, CsrConvGpuConfig>>;
+
+  std::mutex mu_;
+  Entries entries_;  // Most recently used first.
+  std::unordered_map<Key, Entries::iterator, KeyHash> index_;
+};
+
+PlanCache& Plans() {
+  static auto* cache = new PlanCache;  // Never destroyed, as Devices()'s.
+  return *cache;
+}
+
+}  // namespace
+
+CsrConvGpuConfig ChooseCsrConvGpuConfig(const ConvGeometry& geometry,
+                                        int64_t nnz, int num_sms,
+                                        bool clusters) {
+  CsrConvGpuDeviceInfo info;
+  int device = 0;
+  DeviceState state;
+  if (cudaGetDevice(&device) == cudaSuccess &&
+      GetDeviceState(device, &state) == cudaSuccess) {
+    info = state.info;
+  } else {
+    cudaGetLastError();  // Registers unknown: the planner estimates them.
+  }
+  info.num_sms = num_sms;
+  info.clusters = clusters;
+  return PlanCsrConvGpu(geometry, nnz, info);
+}
+
+cudaError_t CsrConv2DGpuWithConfig(const ConvGeometry& g, const float* input,
+                                   const int32_t* row_offsets,
+                                   const int32_t* column_indices,
+                                   const float* values, int64_t nnz,
+                                   const float* bias, Activation activation,
+                                   float* output,
+                                   const CsrConvGpuConfig& c,
+                                   cudaStream_t stream) {
+  if (g.N == 0 || g.P == 0 || g.Q == 0 || g.K == 0) return cudaSuccess;
+  if (!ConfigValid(g, c, nnz)) return cudaErrorInvalidValue;
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  DeviceState state;
+  err = GetDeviceState(device, &state);
+  if (err != cudaSuccess) return err;
+  return Launch(g, input, row_offsets, column_indices, values, nnz, bias,
+                activation, output, c, device, state, stream);
+}
+
+cudaError_t CsrConv2DGpu(const ConvGeometry& g, const float* input,
                          const int32_t* row_offsets,
                          const int32_t* column_indices, const float* values,
                          int64_t nnz, const float* bias, Activation activation,
                          float* output, cudaStream_t stream) {
-  if (geometry.N == 0 || geometry.P == 0 || geometry.Q == 0 ||
-      geometry.K == 0) {
-    return cudaSuccess;
-  }
-  int num_sms = 0;
-  const cudaError_t err =
-      CurrentDeviceAttribute(cudaDevAttrMultiProcessorCount, &num_sms);
+  if (g.N == 0 || g.P == 0 || g.Q == 0 || g.K == 0) return cudaSuccess;
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
-  const bool clusters = CheckClusterSupport() == cudaSuccess;
-  const CsrConvGpuConfig config =
-      ChooseCsrConvGpuConfig(geometry, nnz, num_sms, clusters);
-  return CsrConv2DGpuWithConfig(geometry, input, row_offsets, column_indices,
-                                values, nnz, bias, activation, output, config,
-                                stream);
+  DeviceState state;
+  err = GetDeviceState(device, &state);
+  if (err != cudaSuccess) return err;
+  const PlanCache::Key key = PlanCache::MakeKey(g, nnz, device, state.info);
+  CsrConvGpuConfig config;
+  if (!Plans().Find(key, &config)) {
+    // Planned outside the cache's lock: other layers' calls go on meanwhile.
+    config = PlanCsrConvGpu(g, nnz, state.info);
+    Plans().Insert(key, config);
+  }
+  if (!ConfigValid(g, config, nnz)) return cudaErrorInvalidValue;
+  return Launch(g, input, row_offsets, column_indices, values, nnz, bias,
+                activation, output, config, device, state, stream);
 }
 
 }  // namespace escort
