@@ -1,0 +1,161 @@
+"""Whole pruned models inside TensorFlow on the GPU: dense and converted, side by side.
+
+Each model (ResNet-50 and VGG-16, 224x224, pruned with TFMOT to the
+SkimCaffe-like per-layer sparsities of `escort_tf.benchmark`) is timed in one
+process in these variants:
+  dense             the pruned model as TF runs it by default (TF32 on Ampere+)
+  dense_fp32        the same with TF32 off
+  dense_folded      batch norms folded into the dense convs (TF32 on)
+  converted         escort_tf.convert(model)
+  converted_folded  escort_tf.convert(model, fold_batch_norm=True)
+  autotuned         convert(..., autotune=True, autotune_batch_size=B,
+                    fold_batch_norm=True), tuned at each batch size B
+per batch size: the median of `tf.function` model calls (`training=False`,
+synchronised by reading the output back), then `model.predict`. Every
+variant's outputs are compared with dense_fp32's.
+
+  python benchmarks/gpu_tf/bench_models.py --json OUT.json [--md OUT.md] [--quick]
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (benchmarks/gpu_tf/common.py)
+
+import escort_tf  # noqa: E402
+from common import without_tf32  # noqa: E402
+from escort_tf import benchmark, fold  # noqa: E402
+from escort_tf.timing import time_side_by_side  # noqa: E402
+
+
+def _autotuned(dense, batch, autotune_s):
+    """The converted variants of `dense`; autotuned for `batch`."""
+    start = time.perf_counter()
+    tuned, report = escort_tf.convert(dense, autotune=True, autotune_batch_size=batch,
+                                      fold_batch_norm=True, return_report=True)
+    autotune_s[batch] = {
+        "seconds": time.perf_counter() - start,
+        "sparse": sum(row.decision == "sparse" for row in report),
+        "timed": sum(row.sparse_ms is not None for row in report),
+    }
+    return tuned
+
+
+def bench_model(name, image_size, batches, reps, predict_images, progress):
+    build, sparsity_of = benchmark.MODELS[name]
+    start = time.perf_counter()
+    dense, sparsities = benchmark.prune_like_skimcaffe(build(image_size), sparsity_of)
+    progress(f"{name}: pruned {len(sparsities)} convs in {time.perf_counter() - start:.1f} s")
+    models = {
+        "dense": dense,
+        "dense_folded": fold.fold_batch_norm(dense)[0],
+        "converted": escort_tf.convert(dense),
+        "converted_folded": escort_tf.convert(dense, fold_batch_norm=True),
+    }
+    autotune_s = {}
+    rng = np.random.default_rng(0)
+    calls, predicts = [], []
+    for batch in batches:
+        models["autotuned"] = _autotuned(dense, batch, autotune_s)
+        progress(f"{name} b{batch}: autotune {autotune_s[batch]['seconds']:.1f} s, kept "
+                 f"{autotune_s[batch]['sparse']} of {autotune_s[batch]['timed']} sparse")
+        x = tf.constant(rng.standard_normal((batch, image_size, image_size, 3), np.float32))
+        fns = {kind: tf.function(lambda t, m=m: m(t, training=False)) for kind, m in models.items()}
+        timed = {kind: (lambda fn=fn: fn(x).numpy()) for kind, fn in fns.items()}
+        timed["dense_fp32"] = without_tf32(timed["dense"])
+        reference = timed["dense_fp32"]()
+        errors = {kind: common.relative_error(fn(), reference) for kind, fn in timed.items()}
+        times = {kind: t["median_ms"]
+                 for kind, t in time_side_by_side(timed, reps=reps, warmup=2).items()}
+        row = {"batch": batch, "reps": reps, "relative_error_vs_dense_fp32": errors,
+               **{f"{kind}_ms": t for kind, t in times.items()}}
+        for kind in times:
+            if kind != "dense":
+                row[f"{kind}_speedup"] = row["dense_ms"] / row[f"{kind}_ms"]
+        calls.append(row)
+        progress(f"{name} call b{batch}: " + ", ".join(
+            f"{kind} {t:.2f} ms" for kind, t in times.items()))
+        images = rng.standard_normal((predict_images(batch), image_size, image_size, 3),
+                                     np.float32)
+        predict_fns = {kind: (lambda m=m: m.predict(images, batch_size=batch, verbose=0))
+                       for kind, m in models.items()}
+        predict_fns["dense_fp32"] = without_tf32(predict_fns["dense"])
+        predict_times = {kind: t["median_ms"] for kind, t in
+                         time_side_by_side(predict_fns, reps=3, warmup=1).items()}
+        prow = {"batch": batch, "images": len(images),
+                **{f"{kind}_ms": t for kind, t in predict_times.items()}}
+        for kind in predict_times:
+            if kind != "dense":
+                prow[f"{kind}_speedup"] = prow["dense_ms"] / prow[f"{kind}_ms"]
+        predicts.append(prow)
+        progress(f"{name} predict {len(images)} images b{batch}: " + ", ".join(
+            f"{kind} {t:.1f} ms" for kind, t in predict_times.items()))
+    return {"image_size": image_size, "layer_sparsity": sparsities,
+            "autotune": {str(b): v for b, v in autotune_s.items()},
+            "calls": calls, "predict": predicts}
+
+
+def markdown(report):
+    lines = [f"# Whole models in TensorFlow on the GPU", "", common.machine_line(report["machine"]),
+             "", f"Command: `{report['command']}`", "",
+             "Median `tf.function` call (`training=False`, output read back) in ms, and the "
+             "speedup over the dense model as TF runs it by default (TF32). `autotuned` is "
+             "converted with `autotune=True, fold_batch_norm=True` at that batch size.", ""]
+    kinds = ["dense", "dense_fp32", "dense_folded", "converted", "converted_folded", "autotuned"]
+    for name, result in report["models"].items():
+        for section, title in (("calls", "model call"), ("predict", "`predict`")):
+            lines += [f"## {name}, {title}", "",
+                      "| batch | " + " | ".join(kinds) + " |",
+                      "|---" * (len(kinds) + 1) + "|"]
+            for row in result[section]:
+                cells = [f"{row['dense_ms']:.2f}"] + [
+                    f"{row[f'{k}_ms']:.2f} ({row[f'{k}_speedup']:.2f}x)" for k in kinds[1:]]
+                label = str(row["batch"]) + (f" ({row['images']} images)" if "images" in row
+                                             else "")
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            lines.append("")
+        lines += [f"Autotune of {name}: " + ", ".join(
+            f"batch {b}: {v['seconds']:.1f} s, {v['sparse']} of {v['timed']} layers kept sparse"
+            for b, v in result["autotune"].items()), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", required=True)
+    parser.add_argument("--md")
+    parser.add_argument("--models", default="resnet50,vgg16")
+    parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--quick", action="store_true",
+                        help="small images, batch 1 and 2, few repetitions (a smoke run)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.image_size, args.batches, args.reps = 64, "1,2", 3
+    batches = [int(b) for b in args.batches.split(",")]
+    report = {"machine": common.machine_info(), "command": " ".join(["python"] + sys.argv),
+              "models": {}}
+    for name in args.models.split(","):
+        report["models"][name] = bench_model(
+            name, args.image_size, batches, args.reps,
+            predict_images=lambda b: min(256, 32 * b), progress=lambda s: print(s, flush=True))
+        common.write_json(args.json, report)  # what is done survives a later failure
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(markdown(report) + "\n")
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""What the in-TensorFlow GPU benchmarks share: machine description, TF32 switch, errors."""
+
+import contextlib
+import json
+import os
+import subprocess
+
+import numpy as np
+import tensorflow as tf
+
+import escort_tf
+
+
+def machine_info():
+    """The GPU, its driver and the TensorFlow / CUDA / cuDNN versions of this run."""
+    gpus = tf.config.list_physical_devices("GPU")
+    build = tf.sysconfig.get_build_info()
+    # Without a GPU the scripts still run (a smoke test of the harness), on the CPU.
+    gpu = (tf.config.experimental.get_device_details(gpus[0]).get("device_name", "?")
+           if gpus else "no GPU (ran on the CPU)")
+    info = {"gpu": gpu,
+            "tensorflow": tf.__version__, "tf_cuda": build.get("cuda_version"),
+            "tf_cudnn": build.get("cudnn_version"), "escort_tf": escort_tf.__version__,
+            "tf32_default": tf.config.experimental.tensor_float_32_execution_enabled()}
+    try:
+        query = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm",
+                                "--format=csv,noheader"], capture_output=True, text=True,
+                               timeout=30).stdout.strip()
+        info["driver"], info["sm_clock_max"] = [s.strip() for s in query.split(",")]
+    except (OSError, ValueError, subprocess.SubprocessError) as error:
+        info["nvidia_smi_error"] = str(error)
+    return info
+
+
+def machine_line(machine):
+    return (f"{machine['gpu']}, driver {machine.get('driver', '?')}; TensorFlow "
+            f"{machine['tensorflow']} (built for CUDA {machine['tf_cuda']}, cuDNN "
+            f"{machine['tf_cudnn']}); escort_tf {machine['escort_tf']}; TF32 "
+            f"{'on' if machine['tf32_default'] else 'off'} by default.")
+
+
+@contextlib.contextmanager
+def tf32(enabled):
+    """TF32 for cuDNN/cuBLAS on or off inside the block (TF reads it per launch)."""
+    previous = tf.config.experimental.tensor_float_32_execution_enabled()
+    tf.config.experimental.enable_tensor_float_32_execution(enabled)
+    try:
+        yield
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(previous)
+
+
+def without_tf32(fn):
+    """`fn` called with TF32 off."""
+    def call():
+        with tf32(False):
+            return fn()
+    return call
+
+
+def relative_error(actual, reference):
+    """||actual - reference|| / ||reference|| in float64 (NaN fails any bound)."""
+    reference = np.asarray(reference, np.float64)
+    return float(np.linalg.norm(np.asarray(actual, np.float64) - reference)
+                 / max(np.linalg.norm(reference), 1e-30))
+
+
+def write_json(path, report):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1, sort_keys=True)
