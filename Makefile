@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 SAN_DIR := build/sanitize
 # The layer-1 sources, from the list setup.py and Bazel read too.
 KERNEL_SRCS = $(shell $(PYTHON) -c 'exec(open("cc/sources.bzl").read()); print(*KERNEL_SRCS)')
+GPU_PLAN_SRCS = $(shell $(PYTHON) -c 'exec(open("cc/sources.bzl").read()); print(*GPU_PLAN_SRCS)')
 CXX ?= g++
 
 .PHONY: venv build demo test test-cc test-py bench-cpu clean
@@ -25,13 +26,18 @@ build: venv
 demo: build
 	TF_USE_LEGACY_KERAS=1 $(PY) examples/demo.py
 
-# Layer-1 C++ tests, plain and under AddressSanitizer + UndefinedBehaviorSanitizer.
+# Layer-1 C++ tests (the CPU kernel, and the GPU kernel's planner, which runs
+# on the host), plain and under AddressSanitizer + UndefinedBehaviorSanitizer.
 test-cc:
 	mkdir -p $(SAN_DIR)
 	$(CXX) -std=c++17 -O2 -Wall -Wextra -I. -o $(SAN_DIR)/csr_conv_cpu_test cc/kernels/csr_conv_cpu_test.cc $(KERNEL_SRCS) -lpthread
 	$(SAN_DIR)/csr_conv_cpu_test
 	$(CXX) -std=c++17 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -I. -o $(SAN_DIR)/csr_conv_cpu_test_asan cc/kernels/csr_conv_cpu_test.cc $(KERNEL_SRCS) -lpthread
 	$(SAN_DIR)/csr_conv_cpu_test_asan
+	$(CXX) -std=c++17 -O2 -Wall -Wextra -I. -o $(SAN_DIR)/csr_conv_gpu_plan_test cc/kernels/csr_conv_gpu_plan_test.cc $(GPU_PLAN_SRCS) $(KERNEL_SRCS) -lpthread
+	$(SAN_DIR)/csr_conv_gpu_plan_test
+	$(CXX) -std=c++17 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -I. -o $(SAN_DIR)/csr_conv_gpu_plan_test_asan cc/kernels/csr_conv_gpu_plan_test.cc $(GPU_PLAN_SRCS) $(KERNEL_SRCS) -lpthread
+	$(SAN_DIR)/csr_conv_gpu_plan_test_asan
 
 test-py: build
 	$(PY) -m pytest -q -n 2 tests
