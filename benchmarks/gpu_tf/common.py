@@ -50,14 +50,6 @@ def tf32(enabled):
         tf.config.experimental.enable_tensor_float_32_execution(previous)
 
 
-def without_tf32(fn):
-    """`fn` called with TF32 off."""
-    def call():
-        with tf32(False):
-            return fn()
-    return call
-
-
 def relative_error(actual, reference):
     """||actual - reference|| / ||reference|| in float64 (NaN fails any bound)."""
     reference = np.asarray(reference, np.float64)
