@@ -45,7 +45,7 @@ def _conv2d_with_kernel(tf_keras, kernel):
     return conv
 
 
-def _run_threads(fn, inputs):
+def run_threads(fn, inputs):
     """Runs fn(x) REPEATS times in each of NUM_THREADS threads; returns results[i][r]."""
     results = [[] for _ in inputs]
     errors = []
@@ -68,7 +68,7 @@ def _run_threads(fn, inputs):
     return results
 
 
-def _assert_bit_identical(results, expected):
+def assert_bit_identical(results, expected):
     for i, runs in enumerate(results):
         for r, result in enumerate(runs):
             assert result.dtype == expected[i].dtype and result.shape == expected[i].shape
@@ -82,8 +82,8 @@ def test_threads_predicting_on_one_model_match_single_thread(rng):
               for _ in range(NUM_THREADS)]
     # Single-threaded first: also builds predict_function before threads race to.
     expected = [model.predict(x, verbose=0) for x in inputs]
-    results = _run_threads(lambda x: model.predict(x, verbose=0), inputs)
-    _assert_bit_identical(results, expected)
+    results = run_threads(lambda x: model.predict(x, verbose=0), inputs)
+    assert_bit_identical(results, expected)
 
 
 def test_threads_calling_the_op_match_single_thread(rng):
@@ -97,8 +97,8 @@ def test_threads_calling_the_op_match_single_thread(rng):
     inputs = [rng.standard_normal((2, 24, 20, 16)).astype(np.float32)
               for _ in range(NUM_THREADS)]
     expected = [conv(x).numpy() for x in inputs]
-    results = _run_threads(lambda x: conv(x).numpy(), inputs)
-    _assert_bit_identical(results, expected)
+    results = run_threads(lambda x: conv(x).numpy(), inputs)
+    assert_bit_identical(results, expected)
 
 
 # Thread settings can only be set before TF initialises its runtime, so each

@@ -6,7 +6,6 @@ convolutions computed on the CPU.
 """
 
 import contextlib
-import threading
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ import tf_keras
 import escort_tf
 import pruned_models
 from escort_tf.layers import SparseConv2D
+from test_concurrency import assert_bit_identical, run_threads
 from test_ops import NAMED_CASES, Case, make_inputs, random_case
 
 GPU = "/GPU:0"
@@ -263,30 +263,14 @@ def test_threads_sharing_a_model_on_gpu_match_single_thread(converted):
     rng = np.random.default_rng(3)
     inputs = [rng.standard_normal((4, 9, 9, 3)).astype(np.float32) for _ in range(8)]
     call = tf.function(lambda t: model(t, training=False))
-    with tf.device(GPU):
-        expected = [call(x).numpy() for x in inputs]
-    results, errors = [[] for _ in inputs], []
-    barrier = threading.Barrier(len(inputs))
 
-    def worker(i):
-        try:
-            barrier.wait()
-            with tf.device(GPU):
-                for _ in range(5):
-                    results[i].append(call(inputs[i]).numpy())
-        except Exception as error:  # pylint: disable=broad-except
-            errors.append(error)
+    def on_gpu(x):
+        with tf.device(GPU):  # device scopes are per thread
+            return call(x).numpy()
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(inputs))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
-    for i, runs in enumerate(results):
-        assert len(runs) == 5
-        for result in runs:  # the kernel has no atomics: bit-identical
-            assert result.tobytes() == expected[i].tobytes(), f"thread {i}"
+    expected = [on_gpu(x) for x in inputs]
+    # The kernel has no atomics: every repeat in every thread is bit-identical.
+    assert_bit_identical(run_threads(on_gpu, inputs), expected)
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
