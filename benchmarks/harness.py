@@ -20,12 +20,15 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np  # noqa: E402
 
 from escort_tf import benchmark  # noqa: E402
+from escort_tf import skimcaffe_models  # noqa: E402
+from escort_tf.layer_timing import SKIMCAFFE, density_title  # noqa: E402
+from escort_tf.measurement import dense_peer  # noqa: E402
 
 
 def machine_line(machine: Dict[str, object]) -> str:
     """One sentence naming the machine and versions, for report headers."""
     simd = "/".join(machine.get("simd", [])) or "no SIMD flags read"
-    peer = benchmark.dense_peer(machine)
+    peer = dense_peer(machine)
     return (f"{machine['cpu_model']} ({simd}), {machine['usable_cores']} cores, TensorFlow "
             f"{machine['tensorflow']} (dense convolutions: {peer}), escort_tf "
             f"{machine['escort_tf']}, {machine['date_utc']}.")
@@ -36,7 +39,7 @@ def layers_markdown(report: Dict[str, object]) -> str:
     machine, results = report["machine"], report["results"]
     labels = report["settings"]["densities"]
     batches = report["settings"]["batches"]
-    peer = benchmark.dense_peer(machine)
+    peer = dense_peer(machine)
     lines = [
         f"# escort_tf.sparse_conv2d vs tf.nn.conv2d ({peer}), CPU",
         "",
@@ -52,14 +55,14 @@ def layers_markdown(report: Dict[str, object]) -> str:
         "",
     ]
     header = ["layer", "SkimCaffe density"] + [
-        f"{benchmark.density_title(l)} b{b}" for l in labels for b in batches]
+        f"{density_title(l)} b{b}" for l in labels for b in batches]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     by_key = {(r["layer"], r["density_label"], r["batch"]): r for r in results}
     layer_names = list(dict.fromkeys(r["layer"] for r in results))
     for name in layer_names:
         skim = next(r["density"] for r in results
-                    if r["layer"] == name and r["density_label"] == benchmark.SKIMCAFFE) \
-            if benchmark.SKIMCAFFE in labels else None
+                    if r["layer"] == name and r["density_label"] == SKIMCAFFE) \
+            if SKIMCAFFE in labels else None
         cells = [name, "-" if skim is None else f"{skim:.3f}"]
         for l in labels:
             for b in batches:
@@ -101,7 +104,7 @@ def plot_layers(report: Dict[str, object], path: str) -> None:
             values = [by_key.get((n, label, batch), float("nan")) for n in names]
             gm = report["geomeans"][label][str(batch)]
             ax.bar(np.arange(len(names)) + (i - (len(labels) - 1) / 2) * width, values, width,
-                   label=f"{benchmark.density_title(label)} (geomean {gm:.2f}x)")
+                   label=f"{density_title(label)} (geomean {gm:.2f}x)")
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.axhline(3.0, color="gray", linewidth=0.8, linestyle="--")
         ax.set_yscale("log")
@@ -117,7 +120,7 @@ def plot_layers(report: Dict[str, object], path: str) -> None:
         ax.set_title(f"batch {batch}")
         ax.legend(fontsize=8)
     machine = report["machine"]
-    peer = benchmark.dense_peer(machine)
+    peer = dense_peer(machine)
     fig.suptitle(f"escort_tf.sparse_conv2d vs {peer}, fp32 — {machine['cpu_model']}, "
                  f"{machine['usable_cores']} cores, TF {machine['tensorflow']}", fontsize=10)
     fig.tight_layout()
@@ -132,10 +135,11 @@ def models_markdown(report: Dict[str, object]) -> str:
     uniform = settings.get("uniform_sparsity")
     if uniform is None:
         profile = (f"SkimCaffe-like per-layer sparsity: ResNet-50 3x3 "
-                   f"{_fmt_levels(benchmark.RESNET50_3X3)}, "
-                   f"1x1 {_fmt_levels(benchmark.RESNET50_1X1)} "
-                   f"(res2..res5), conv1 dense; VGG-16 convs {benchmark.VGG16_SPARSITY:.0%} "
-                   f"(block1_conv1 {benchmark.VGG16_FIRST:.0%})")
+                   f"{_fmt_levels(skimcaffe_models.RESNET50_3X3)}, "
+                   f"1x1 {_fmt_levels(skimcaffe_models.RESNET50_1X1)} "
+                   f"(res2..res5), conv1 dense; VGG-16 convs "
+                   f"{skimcaffe_models.VGG16_SPARSITY:.0%} "
+                   f"(block1_conv1 {skimcaffe_models.VGG16_FIRST:.0%})")
     else:
         profile = (f"a uniform {100 * uniform:g}% sparsity in every layer the SkimCaffe-like "
                    f"profile prunes: all ResNet-50 convs but conv1 (dense), all 13 VGG-16 convs")

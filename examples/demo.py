@@ -9,8 +9,9 @@ through a SavedModel round trip.
 
 Part 2 times a ResNet-50 (tf_keras.applications, random weights) pruned to
 SkimCaffe-like per-layer sparsity, dense vs converted, with the helpers of
-`escort_tf.benchmark`; and converted with its batch norms and ReLUs folded into
-the convolutions (`convert(..., fold_batch_norm=True)`).
+`escort_tf.skimcaffe_models` and `escort_tf.model_timing`; and converted with
+its batch norms and ReLUs folded into the convolutions (`convert(...,
+fold_batch_norm=True)`).
 
     TF_USE_LEGACY_KERAS=1 .venv/bin/python examples/demo.py [--quick] [--skip-resnet]
 """
@@ -32,7 +33,7 @@ from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 import escort_tf  # noqa: E402  (also registers the op for SavedModel loading)
-from escort_tf import benchmark, fold  # noqa: E402
+from escort_tf import fold, model_timing, skimcaffe_models  # noqa: E402
 
 TARGET_SPARSITY = 0.90
 L = tf_keras.layers
@@ -116,7 +117,7 @@ def train_and_prune(data, epochs=6, prune_epochs=6, batch_size=32, verbose=2):
     schedule = tfmot.sparsity.keras.PolynomialDecay(
         initial_sparsity=0.5, final_sparsity=TARGET_SPARSITY, begin_step=0,
         end_step=max(1, prune_epochs - 1) * steps_per_epoch, frequency=steps_per_epoch // 4 or 1)
-    pruned = _compile(benchmark.wrap_for_pruning(
+    pruned = _compile(skimcaffe_models.wrap_for_pruning(
         model, lambda layer: schedule if layer.name in ("conv2", "conv3", "conv4") else None),
         5e-4)
     step(f"pruning conv2..conv4 to {TARGET_SPARSITY:.0%} with TFMOT while fine-tuning "
@@ -160,10 +161,10 @@ def run_digits(epochs=6, prune_epochs=6, timing_reps=5, verbose=2):
          f"{pruned_accuracy == converted_accuracy})")
 
     step("timing pruned dense model vs converted model")
-    timing = benchmark.bench_model("digits_cnn", pruned, converted, batches=(1, 64),
-                                   reps=timing_reps, predict_images=len(x_test),
-                                   predict_batch=64, predict_reps=max(2, timing_reps // 2),
-                                   progress=lambda line: step(line))
+    timing = model_timing.bench_model("digits_cnn", pruned, converted, batches=(1, 64),
+                                      reps=timing_reps, predict_images=len(x_test),
+                                      predict_batch=64, predict_reps=max(2, timing_reps // 2),
+                                      progress=lambda line: step(line))
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "digits_escort")
@@ -180,18 +181,18 @@ def run_resnet50(image_size=224, reps=2):
     """Part 2: ResNet-50 pruned SkimCaffe-like, dense vs converted (and folded) timing."""
     step(f"ResNet-50 at {image_size}x{image_size}: building, pruning with TFMOT "
          f"(3x3 layers 85/93/97/98% in res2..res5), converting")
-    dense, sparse, info = benchmark.prune_and_convert("resnet50", image_size,
-                                                      progress=lambda line: step(line))
+    dense, sparse, info = model_timing.prune_and_convert("resnet50", image_size,
+                                                         progress=lambda line: step(line))
     step(f"conv weights {info['conv_weight_sparsity']:.1%} sparse; "
          f"{info['converted_layers']} of {info['conv_layers']} conv layers converted")
     # What convert(..., fold_batch_norm=True) would have returned.
     folded, removed = fold.fold_batch_norm(sparse)
     step(f"fold_batch_norm=True folds {sum(map(len, removed.values()))} batch norm and ReLU "
          f"layers into {len(removed)} convolutions")
-    timing = benchmark.bench_model("resnet50", dense, sparse, batches=(1, 8), reps=reps,
-                                   predict_images=16, predict_batch=8, predict_reps=2,
-                                   progress=lambda line: step(line),
-                                   variants={"sparse_folded": folded})
+    timing = model_timing.bench_model("resnet50", dense, sparse, batches=(1, 8), reps=reps,
+                                      predict_images=16, predict_batch=8, predict_reps=2,
+                                      progress=lambda line: step(line),
+                                      variants={"sparse_folded": folded})
     return {**info, **timing}
 
 

@@ -1,4 +1,4 @@
-"""Tests for escort_tf.benchmark, benchmarks/harness.py and the building blocks of examples/demo.py.
+"""Tests for `escort-tf bench`, benchmarks/harness.py and the building blocks of examples/demo.py.
 
 They check structure and correctness (outputs match, ratios finite), never
 wall-clock thresholds: timings on a shared CI machine mean nothing here.
@@ -17,7 +17,8 @@ import pytest
 import tf_keras
 
 import escort_tf
-from escort_tf import benchmark, layer_table, timing
+from escort_tf import (benchmark, layer_table, layer_timing, measurement, model_timing,
+                       skimcaffe_models, timing)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -43,7 +44,7 @@ def _finite_positive(value):
 def test_layer_table_ships_in_the_package(tmp_path, monkeypatch):
     # From elsewhere, as an installed `escort-tf bench` runs: no benchmarks/ to fall back on.
     monkeypatch.chdir(tmp_path)
-    table = benchmark.load_layer_table()
+    table = layer_timing.load_layer_table()
     assert table is layer_table
     assert importlib.resources.files("escort_tf").joinpath("layer_table.py").is_file()
     assert len(table.LAYERS) == 10
@@ -59,21 +60,21 @@ def test_benchmarks_layers_is_the_packaged_table():
 
 def test_layer_table_missing_path_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        benchmark.load_layer_table(tmp_path / "nope.py")
+        layer_timing.load_layer_table(tmp_path / "nope.py")
 
 
 @pytest.mark.parametrize("density", [0.0, 0.07, 0.5, 1.0])
 def test_random_sparse_kernel_has_exact_density(density, rng):
-    kernel = benchmark.random_sparse_kernel((3, 3, 8, 16), density, rng)
+    kernel = layer_timing.random_sparse_kernel((3, 3, 8, 16), density, rng)
     assert kernel.dtype == np.float32
     assert np.count_nonzero(kernel) == round(density * kernel.size)
 
 
 def test_bench_layers_tiny(rng):
-    table = benchmark.load_layer_table()
+    table = layer_timing.load_layer_table()
     tiny = table.ConvLayer("tiny", 7, 6, 5, 8, 3, 2, 1, 0.25)
-    report = benchmark.bench_layers([tiny], [benchmark.SKIMCAFFE, 0.5], [1, 2], reps=1,
-                                    warmup=1, progress=lambda line: None)
+    report = layer_timing.bench_layers([tiny], [layer_timing.SKIMCAFFE, 0.5], [1, 2], reps=1,
+                                       warmup=1, progress=lambda line: None)
     rows = report["results"]
     assert [(r["density_label"], r["batch"]) for r in rows] == [
         ("skimcaffe", 1), ("skimcaffe", 2), ("0.50", 1), ("0.50", 2)]
@@ -109,12 +110,12 @@ def test_reports_name_the_dense_kernel_that_ran():
     machine = {"cpu_model": "cpu", "usable_cores": 2, "tensorflow": "x", "escort_tf": "y",
                "date_utc": "z", "simd": ["avx2"]}
     report = {"machine": machine, "results": [], "geomeans": {"skimcaffe": {"1": 2.0}},
-              "settings": {"densities": [benchmark.SKIMCAFFE], "batches": [1], "reps": 1}}
+              "settings": {"densities": [layer_timing.SKIMCAFFE], "batches": [1], "reps": 1}}
     # Reports from before the "onednn" field were all measured against oneDNN.
     assert "tf.nn.conv2d (oneDNN), CPU" in harness.layers_markdown(report)
     machine["onednn"] = False
     assert "tf.nn.conv2d (Eigen, oneDNN off), CPU" in harness.layers_markdown(report)
-    assert benchmark.machine_info()["onednn"] == benchmark.onednn_enabled()
+    assert measurement.machine_info()["onednn"] == measurement.onednn_enabled()
 
 
 def test_bench_cli_writes_json(tmp_path, capsys):
@@ -134,7 +135,7 @@ def test_bench_cli_rejects_unknown_layer():
 
 def test_resnet50_sparsity_is_skimcaffe_like():
     model = tf_keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3))
-    levels = {layer.name: benchmark.resnet50_sparsity(layer) for layer in model.layers}
+    levels = {layer.name: skimcaffe_models.resnet50_sparsity(layer) for layer in model.layers}
     assert levels["conv1_conv"] == 0.0 and levels["predictions"] == 0.0
     assert levels["conv2_block1_2_conv"] == 0.85 and levels["conv5_block3_2_conv"] == 0.98
     assert levels["conv3_block1_0_conv"] == levels["conv3_block1_1_conv"] == 0.80
@@ -144,15 +145,15 @@ def test_resnet50_sparsity_is_skimcaffe_like():
 def test_prune_convert_and_bench_model_tiny():
     demo = _load_demo()
     model = demo.build_cnn(image_size=8)
-    pruned, measured = benchmark.prune_like_skimcaffe(
+    pruned, measured = skimcaffe_models.prune_like_skimcaffe(
         model, lambda layer: 0.9 if layer.name in ("conv2", "conv3", "conv4") else 0.0)
     assert measured == pytest.approx({"conv2": 0.9, "conv3": 0.9, "conv4": 0.9}, abs=1e-3)
     assert demo.sparsity_table(pruned)["conv1"] == 0.0
     converted = escort_tf.convert(pruned, min_sparsity=0.5)
     assert sum(isinstance(l, escort_tf.layers.SparseConv2D) for l in converted.layers) == 3
-    result = benchmark.bench_model("tiny", pruned, converted, batches=(1, 3), reps=1,
-                                   predict_images=5, predict_batch=2, predict_reps=1,
-                                   progress=lambda line: None)
+    result = model_timing.bench_model("tiny", pruned, converted, batches=(1, 3), reps=1,
+                                      predict_images=5, predict_batch=2, predict_reps=1,
+                                      progress=lambda line: None)
     assert [c["batch"] for c in result["calls"]] == [1, 3]
     assert all(c["match"] and _finite_positive(c["speedup"]) for c in result["calls"])
     assert _finite_positive(result["predict"]["speedup"])
@@ -165,7 +166,7 @@ def test_uniform_sparsity_of_keeps_the_profiles_layers():
     demo = _load_demo()
     model = demo.build_cnn(image_size=8)
     profile = {"conv2": 0.9, "conv3": 0.5}
-    uniform = benchmark.uniform_sparsity_of(lambda layer: profile.get(layer.name, 0.0), 0.7)
+    uniform = skimcaffe_models.uniform_sparsity_of(lambda layer: profile.get(layer.name, 0.0), 0.7)
     levels = {layer.name: uniform(layer) for layer in model.layers}
     assert levels == {"conv1": 0.0, "conv2": 0.7, "pool1": 0.0, "conv3": 0.7, "conv4": 0.0,
                       "pool2": 0.0, "flatten": 0.0, "logits": 0.0}
@@ -174,7 +175,7 @@ def test_uniform_sparsity_of_keeps_the_profiles_layers():
 @pytest.mark.parametrize("sparsity", [0.0, 1.0, -0.1, 1.5, float("nan")])
 def test_uniform_sparsity_of_rejects_out_of_range(sparsity):
     with pytest.raises(ValueError, match=r"\(0, 1\)"):
-        benchmark.uniform_sparsity_of(benchmark.vgg16_sparsity, sparsity)
+        skimcaffe_models.uniform_sparsity_of(skimcaffe_models.vgg16_sparsity, sparsity)
 
 
 @pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.2", "nan"])
@@ -193,13 +194,13 @@ def test_bench_models_uniform_sparsity_and_autotune_report(monkeypatch):
     # A tiny stand-in for ResNet-50: the profile prunes conv2..conv4 to
     # different levels and leaves conv1 (1 input channel) dense.
     profile = {"conv2": 0.9, "conv3": 0.8, "conv4": 0.6}
-    monkeypatch.setitem(benchmark.MODELS, "tiny", (
+    monkeypatch.setitem(skimcaffe_models.MODELS, "tiny", (
         lambda size: demo.build_cnn(image_size=size),
         lambda layer: profile.get(layer.name, 0.0)))
-    report = benchmark.bench_models(["tiny"], image_size=8, batches=(1,), reps=1,
-                                    predict_images=4, predict_batch=2, predict_reps=1,
-                                    autotune=True, uniform_sparsity=0.7,
-                                    progress=lambda line: None)
+    report = model_timing.bench_models(["tiny"], image_size=8, batches=(1,), reps=1,
+                                       predict_images=4, predict_batch=2, predict_reps=1,
+                                       autotune=True, uniform_sparsity=0.7,
+                                       progress=lambda line: None)
     settings, (model,) = report["settings"], report["models"]
     assert settings["uniform_sparsity"] == 0.7 and settings["sparsity_profile"] == "uniform"
     assert "resnet50_sparsity" not in settings
@@ -234,11 +235,11 @@ def test_bench_models_times_folded_variants(monkeypatch):
             L.ReLU(name="relu1"), L.Conv2D(8, 3, name="conv2"),
             L.BatchNormalization(name="bn2"), L.Flatten(name="flatten")])
 
-    monkeypatch.setitem(benchmark.MODELS, "tiny_bn", (
+    monkeypatch.setitem(skimcaffe_models.MODELS, "tiny_bn", (
         build, lambda layer: 0.8 if isinstance(layer, tf_keras.layers.Conv2D) else 0.0))
-    report = benchmark.bench_models(["tiny_bn"], image_size=6, batches=(2,), reps=1,
-                                    predict_images=4, predict_batch=2, predict_reps=1,
-                                    fold_batch_norm=True, progress=lambda line: None)
+    report = model_timing.bench_models(["tiny_bn"], image_size=6, batches=(2,), reps=1,
+                                       predict_images=4, predict_batch=2, predict_reps=1,
+                                       fold_batch_norm=True, progress=lambda line: None)
     (model,) = report["models"]
     assert report["settings"]["fold_batch_norm"] is True
     assert model["folded_layers"] == 3

@@ -1,6 +1,6 @@
 """Where a model call's time goes: TF profiler time per op type, dense vs converted.
 
-Prunes and converts a model of `escort_tf.benchmark.MODELS` as the model
+Prunes and converts a model of `escort_tf.skimcaffe_models.MODELS` as the model
 benchmark does, then profiles `reps` `tf.function` calls of each variant with
 the TF profiler and sums the host events of each op type (inter-op threads
 run ops side by side, so the sums can exceed the wall time):
@@ -31,7 +31,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
-from escort_tf import benchmark, fold  # noqa: E402
+from escort_tf import fold, skimcaffe_models  # noqa: E402
+from escort_tf.measurement import machine_info  # noqa: E402
+from escort_tf.model_timing import prune_and_convert  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 import harness  # noqa: E402  (benchmarks/harness.py)
@@ -67,7 +69,7 @@ def op_times_ms(call, x, reps):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet50", choices=sorted(benchmark.MODELS))
+    parser.add_argument("--model", default="resnet50", choices=sorted(skimcaffe_models.MODELS))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--reps", type=int, default=3)
@@ -76,12 +78,12 @@ def main():
     parser.add_argument("--markdown", metavar="PATH")
     args = parser.parse_args()
 
-    dense, sparse, _ = benchmark.prune_and_convert(args.model, args.image_size)
+    dense, sparse, _ = prune_and_convert(args.model, args.image_size)
     variants = {"dense": dense, "converted": sparse,
                 "converted, fold_batch_norm=True": fold.fold_batch_norm(sparse)[0]}
     x = tf.constant(np.random.default_rng(0).standard_normal(
         (args.batch, args.image_size, args.image_size, 3)).astype(np.float32))
-    report = {"machine": benchmark.machine_info(), "model": args.model, "batch": args.batch,
+    report = {"machine": machine_info(), "model": args.model, "batch": args.batch,
               "reps": args.reps, "variants": {}}
     lines = [f"# Op time per model call: {args.model}, batch {args.batch}", "",
              f"{harness.machine_line(report['machine'])} TF profiler, {args.reps} calls "

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 import escort_tf  # noqa: E402
-from escort_tf.benchmark import geomean  # noqa: E402
+from escort_tf.measurement import geomean  # noqa: E402
 from escort_tf.timing import time_side_by_side  # noqa: E402
 from escort_tf.layer_table import LAYERS  # noqa: E402
 

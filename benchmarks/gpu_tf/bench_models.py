@@ -1,7 +1,7 @@
 """Whole pruned models inside TensorFlow on the GPU: dense and converted, side by side.
 
 Each model (ResNet-50 and VGG-16, 224x224, pruned with TFMOT to the
-SkimCaffe-like per-layer sparsities of `escort_tf.benchmark`) is timed in one
+SkimCaffe-like per-layer sparsities of `escort_tf.skimcaffe_models`) is timed in one
 process in these variants:
   dense             the pruned model as TF runs it by default (TF32 on Ampere+)
   dense_fp32        the same with TF32 off
@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (benchmarks/gpu_tf/common.py)
 
 import escort_tf  # noqa: E402
-from escort_tf import benchmark, fold  # noqa: E402
+from escort_tf import fold, skimcaffe_models  # noqa: E402
 from escort_tf.timing import time_side_by_side  # noqa: E402
 
 
@@ -67,9 +67,9 @@ def _median_ms(fns, reps, warmup):
 
 
 def bench_model(name, image_size, batches, reps, predict_images, progress):
-    build, sparsity_of = benchmark.MODELS[name]
+    build, sparsity_of = skimcaffe_models.MODELS[name]
     start = time.perf_counter()
-    dense, sparsities = benchmark.prune_like_skimcaffe(build(image_size), sparsity_of)
+    dense, sparsities = skimcaffe_models.prune_like_skimcaffe(build(image_size), sparsity_of)
     progress(f"{name}: pruned {len(sparsities)} convs in {time.perf_counter() - start:.1f} s")
     models = {
         "dense": dense,
