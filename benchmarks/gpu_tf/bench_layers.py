@@ -192,11 +192,7 @@ def main(argv=None):
     report = {"machine": common.machine_info(), "command": " ".join(["python"] + sys.argv),
               "calls": args.calls, "layers": rows, "geomeans": geomeans,
               "host_cost": host_cost(args.chain, reps, rng)}
-    common.write_json(args.json, report)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(markdown(report) + "\n")
-    print(markdown(report))
+    common.finish(report, args.json, args.md, markdown)
     return 0
 
 

@@ -18,7 +18,6 @@ variant's outputs are compared with dense_fp32's.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -92,12 +91,8 @@ def bench_model(name, image_size, batches, reps, predict_images, progress):
         with common.tf32(False):
             reference = timed["dense"]()
         errors = {kind: common.relative_error(y, reference) for kind, y in outputs.items()}
-        row = {"batch": batch, "reps": reps, "relative_error_vs_dense_fp32": errors,
-               **{f"{kind}_ms": t for kind, t in times.items()}}
-        for kind in times:
-            if kind != "dense":
-                row[f"{kind}_speedup"] = row["dense_ms"] / row[f"{kind}_ms"]
-        calls.append(row)
+        calls.append(common.speedup_row(times, batch=batch, reps=reps,
+                                        relative_error_vs_dense_fp32=errors))
         progress(f"{name} call b{batch}: " + ", ".join(
             f"{kind} {t:.2f} ms" for kind, t in times.items()))
         images = rng.standard_normal((predict_images(batch), image_size, image_size, 3),
@@ -105,12 +100,7 @@ def bench_model(name, image_size, batches, reps, predict_images, progress):
         predict_fns = {kind: (lambda m=m: m.predict(images, batch_size=batch, verbose=0))
                        for kind, m in models.items()}
         predict_times = _median_ms(predict_fns, 3, warmup=1)
-        prow = {"batch": batch, "images": len(images),
-                **{f"{kind}_ms": t for kind, t in predict_times.items()}}
-        for kind in predict_times:
-            if kind != "dense":
-                prow[f"{kind}_speedup"] = prow["dense_ms"] / prow[f"{kind}_ms"]
-        predicts.append(prow)
+        predicts.append(common.speedup_row(predict_times, batch=batch, images=len(images)))
         progress(f"{name} predict {len(images)} images b{batch}: " + ", ".join(
             f"{kind} {t:.1f} ms" for kind, t in predict_times.items()))
     return {"image_size": image_size, "layer_sparsity": sparsities,
@@ -164,10 +154,7 @@ def main(argv=None):
             name, args.image_size, batches, args.reps,
             predict_images=lambda b: min(256, 32 * b), progress=lambda s: print(s, flush=True))
         common.write_json(args.json, report)  # what is done survives a later failure
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(markdown(report) + "\n")
-    print(markdown(report))
+    common.finish(report, args.json, args.md, markdown)
     return 0
 
 

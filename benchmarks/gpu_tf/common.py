@@ -61,3 +61,23 @@ def write_json(path, report):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(report, f, indent=1, sort_keys=True)
+
+
+def finish(report, json_path, md_path, markdown):
+    """Writes the JSON and, if asked, the markdown report, and prints the latter."""
+    write_json(json_path, report)
+    text = markdown(report)
+    if md_path:
+        with open(md_path, "w") as f:
+            f.write(text + "\n")
+    print(text)
+
+
+def speedup_row(times, **fields):
+    """A result row: each variant's time as "<kind>_ms" and, except the dense
+    baseline's, "<kind>_speedup" (dense time over its time)."""
+    row = dict(fields, **{f"{kind}_ms": t for kind, t in times.items()})
+    for kind in times:
+        if kind != "dense":
+            row[f"{kind}_speedup"] = times["dense"] / times[kind]
+    return row

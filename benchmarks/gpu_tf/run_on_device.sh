@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Runs the GPU test suite or the in-TF GPU benchmarks on a lent GPU machine
-# that has no TensorFlow and no package index (the README's "GPU" section
-# says how TensorFlow gets there). Usage, from the repository root:
-#   run_on_device.sh setup   # unpack + install TF from /tmp/x/p??, check the GPU
+# Runs the GPU test suite or the in-TF GPU benchmarks on a GPU machine that
+# has no TensorFlow and no package index. TensorFlow arrives as a tar of the
+# wheels (tensorflow 2.21, tf-keras, TFMOT, their pure-Python dependencies and
+# the CUDA 12 runtime wheel) plus an install.sh that installs them into
+# /tmp/site and maps TF's CUDA 12 library names onto the machine's CUDA
+# libraries, split into parts /tmp/x/p00, p01, ... Usage, from the repository root:
+#   run_on_device.sh setup   # join, unpack and install those, build the op, check the GPU
 #   run_on_device.sh test    # tests/gpu, then the whole suite
 #   run_on_device.sh models [args]  # bench_models.py
 #   run_on_device.sh layers [args]  # bench.py (standalone kernel) + bench_layers.py
