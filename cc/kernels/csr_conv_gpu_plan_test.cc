@@ -199,19 +199,24 @@ CsrConvGpuConfig CheckPlan(const ConvGeometry& g, int64_t nnz,
   return c;
 }
 
+// One benchmark layer at `batch`, with its explicit padding.
+ConvGeometry LayerGeometry(const Layer& layer, int batch) {
+  ConvAttrs attrs;
+  attrs.stride_h = attrs.stride_w = layer.stride;
+  attrs.padding = Padding::kExplicit;
+  attrs.explicit_top = attrs.explicit_bottom = layer.pad;
+  attrs.explicit_left = attrs.explicit_right = layer.pad;
+  return Geometry(batch, layer.H, layer.W, layer.C, layer.K, layer.kernel,
+                  layer.kernel, attrs);
+}
+
 void BenchmarkLayers() {
   const CsrConvGpuDeviceInfo h200 = H200();
   CsrConvGpuConfig first[30];
   int row = 0;
   for (int batch : kBatches) {
     for (const Layer& layer : kLayers) {
-      ConvAttrs attrs;
-      attrs.stride_h = attrs.stride_w = layer.stride;
-      attrs.padding = Padding::kExplicit;
-      attrs.explicit_top = attrs.explicit_bottom = layer.pad;
-      attrs.explicit_left = attrs.explicit_right = layer.pad;
-      const ConvGeometry g = Geometry(batch, layer.H, layer.W, layer.C,
-                                      layer.K, layer.kernel, layer.kernel, attrs);
+      const ConvGeometry g = LayerGeometry(layer, batch);
       const int64_t nnz = Nonzeros(g, layer.density);
       const std::string name =
           std::string(layer.name) + " batch " + std::to_string(batch);
@@ -227,13 +232,7 @@ void BenchmarkLayers() {
   row = 0;
   for (int batch : kBatches) {
     for (const Layer& layer : kLayers) {
-      ConvAttrs attrs;
-      attrs.stride_h = attrs.stride_w = layer.stride;
-      attrs.padding = Padding::kExplicit;
-      attrs.explicit_top = attrs.explicit_bottom = layer.pad;
-      attrs.explicit_left = attrs.explicit_right = layer.pad;
-      const ConvGeometry g = Geometry(batch, layer.H, layer.W, layer.C,
-                                      layer.K, layer.kernel, layer.kernel, attrs);
+      const ConvGeometry g = LayerGeometry(layer, batch);
       Check(Same(PlanCsrConvGpu(g, Nonzeros(g, layer.density), h200), first[row++]),
             std::string(layer.name) + " batch " + std::to_string(batch) +
                 ": same plan in a second pass");
