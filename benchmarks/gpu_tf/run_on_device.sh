@@ -40,9 +40,13 @@ tf.config.list_physical_devices('GPU'), 'escort_tf', escort_tf.__version__)"
   test)
     env_ready
     shift
-    python3 -m pytest -q -p no:cacheprovider tests/gpu "$@" 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25
+    # Both sets run even when the first fails; the exit status says whether either did.
+    rc=0
+    python3 -m pytest -q -p no:cacheprovider tests/gpu "$@" 2>&1 | tee "$OUT/pytest_gpu.log" \
+      | tail -25 || rc=1
     python3 -m pytest -q -p no:cacheprovider -n 8 tests --ignore=tests/gpu "$@" 2>&1 \
-      | tee "$OUT/pytest_all.log" | tail -25
+      | tee "$OUT/pytest_all.log" | tail -25 || rc=1
+    exit $rc
     ;;
   models)
     env_ready
