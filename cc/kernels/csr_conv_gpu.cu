@@ -840,9 +840,13 @@ cudaError_t QueryDevice(int device, DeviceState* state) {
   return cudaSuccess;
 }
 
-// The state of `device`, asked on first use. The queries run outside the
-// lock; two threads that race on a new device store the same answer.
-cudaError_t GetDeviceState(int device, DeviceState* state) {
+// The current device's ordinal and state, the state asked on first use. The
+// queries run outside the lock; two threads that race on a new device store
+// the same answer.
+cudaError_t GetDeviceState(int* device_out, DeviceState* state) {
+  const cudaError_t device_err = cudaGetDevice(device_out);
+  if (device_err != cudaSuccess) return device_err;
+  const int device = *device_out;
   DeviceTable& table = Devices();
   {
     std::lock_guard<std::mutex> lock(table.mu);
@@ -864,7 +868,7 @@ cudaError_t GetDeviceState(int device, DeviceState* state) {
 // current one) to the device's limit, once: the attribute is per device
 // and function, and one value that admits every config avoids a driver
 // call per launch.
-// Called after GetDeviceState(device); two threads that race set the same
+// Called after GetDeviceState; two threads that race set the same
 // value.
 cudaError_t AllowMaxSmem(int device, int index, int max_smem) {
   DeviceTable& table = Devices();
@@ -1081,8 +1085,7 @@ CsrConvGpuConfig ChooseCsrConvGpuConfig(const ConvGeometry& geometry,
   CsrConvGpuDeviceInfo info;
   int device = 0;
   DeviceState state;
-  if (cudaGetDevice(&device) == cudaSuccess &&
-      GetDeviceState(device, &state) == cudaSuccess) {
+  if (GetDeviceState(&device, &state) == cudaSuccess) {
     info = state.info;
   } else {
     cudaGetLastError();  // Registers unknown: the planner estimates them.
@@ -1103,10 +1106,8 @@ cudaError_t CsrConv2DGpuWithConfig(const ConvGeometry& g, const float* input,
   if (g.N == 0 || g.P == 0 || g.Q == 0 || g.K == 0) return cudaSuccess;
   if (!ConfigValid(g, c, nnz)) return cudaErrorInvalidValue;
   int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
   DeviceState state;
-  err = GetDeviceState(device, &state);
+  const cudaError_t err = GetDeviceState(&device, &state);
   if (err != cudaSuccess) return err;
   return Launch(g, input, row_offsets, column_indices, values, nnz, bias,
                 activation, output, c, device, state, stream);
@@ -1119,10 +1120,8 @@ cudaError_t CsrConv2DGpu(const ConvGeometry& g, const float* input,
                          float* output, cudaStream_t stream) {
   if (g.N == 0 || g.P == 0 || g.Q == 0 || g.K == 0) return cudaSuccess;
   int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
   DeviceState state;
-  err = GetDeviceState(device, &state);
+  const cudaError_t err = GetDeviceState(&device, &state);
   if (err != cudaSuccess) return err;
   const PlanCache::Key key = PlanCache::MakeKey(g, nnz, device, state.info);
   CsrConvGpuConfig config;
