@@ -26,8 +26,10 @@ build: venv
 demo: build
 	TF_USE_LEGACY_KERAS=1 $(PY) examples/demo.py
 
-# Layer-1 C++ tests (the CPU kernel, and the GPU kernel's planner, which runs
-# on the host), plain and under AddressSanitizer + UndefinedBehaviorSanitizer.
+# Layer-1 C++ tests (the CPU kernel, and the host-side parts of the GPU
+# kernels: the CSR planner and the 2:4 layout), plain and under
+# AddressSanitizer + UndefinedBehaviorSanitizer (the 2:4 layout's only
+# under them: it is quick).
 test-cc:
 	mkdir -p $(SAN_DIR)
 	$(CXX) -std=c++17 -O2 -Wall -Wextra -I. -o $(SAN_DIR)/csr_conv_cpu_test cc/kernels/csr_conv_cpu_test.cc $(KERNEL_SRCS) -lpthread
@@ -38,6 +40,8 @@ test-cc:
 	$(SAN_DIR)/csr_conv_gpu_plan_test
 	$(CXX) -std=c++17 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -I. -o $(SAN_DIR)/csr_conv_gpu_plan_test_asan cc/kernels/csr_conv_gpu_plan_test.cc $(GPU_PLAN_SRCS) $(KERNEL_SRCS) -lpthread
 	$(SAN_DIR)/csr_conv_gpu_plan_test_asan
+	$(CXX) -std=c++17 -O1 -g -Wall -Wextra -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -I. -o $(SAN_DIR)/sparse24_conv_test_asan cc/kernels/sparse24_conv_test.cc $(GPU_PLAN_SRCS) $(KERNEL_SRCS) -lpthread
+	$(SAN_DIR)/sparse24_conv_test_asan
 
 test-py: build
 	$(PY) -m pytest -q -n 2 tests

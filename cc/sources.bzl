@@ -22,22 +22,27 @@ KERNEL_SRCS = [
 GPU_KERNEL_HDRS = [
     "cc/kernels/cast_gpu.h",
     "cc/kernels/csr_conv_gpu.h",
+    "cc/kernels/sparse24_conv_gpu.h",
 ]
 
 GPU_KERNEL_SRCS = [
     "cc/kernels/cast_gpu.cu",
     "cc/kernels/csr_conv_gpu.cu",
+    "cc/kernels/sparse24_conv_gpu.cu",
 ]
 
-# Host-side planner of the CUDA kernel (tile choice, shared-memory layout):
-# plain C++ without CUDA headers, compiled with the C++ compiler into the
-# CUDA flavour, and into its CPU test (make test-cc).
+# Host-side parts of the CUDA kernels (the CSR kernel's tile planner, the
+# 2:4 kernel's filter layout): plain C++ without CUDA headers, compiled with
+# the C++ compiler into the CUDA flavour, and into their CPU tests
+# (make test-cc).
 GPU_PLAN_HDRS = [
     "cc/kernels/csr_conv_gpu_plan.h",
+    "cc/kernels/sparse24_conv.h",
 ]
 
 GPU_PLAN_SRCS = [
     "cc/kernels/csr_conv_gpu_plan.cc",
+    "cc/kernels/sparse24_conv.cc",
 ]
 
 # Layer 2: TensorFlow op registration and OpKernels.

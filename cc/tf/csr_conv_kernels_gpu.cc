@@ -10,6 +10,11 @@
 // updating a variable in place, so a buffer seen again holds the values
 // that were validated. Any other buffer is validated and uploaded anew.
 // The tile choice is cached by the layer-1 launcher, keyed by geometry.
+//
+// float16/bfloat16 filters that are 2:4 along the input channels run on
+// sparse tensor cores (sparse24_conv_gpu.h) unless the engine attr says
+// CUDA_CORES: the 2:4 layout is derived from the CSR indices when they are
+// validated, and kept with them.
 #if GOOGLE_CUDA
 #ifndef EIGEN_USE_GPU
 #define EIGEN_USE_GPU  // Eigen::GpuDevice, for the op's stream
@@ -19,10 +24,13 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <type_traits>
 
 #include "cc/kernels/cast_gpu.h"
 #include "cc/kernels/csr_conv_gpu.h"
+#include "cc/kernels/sparse24_conv.h"
+#include "cc/kernels/sparse24_conv_gpu.h"
 #include "cc/tf/csr_conv_kernels.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
@@ -41,10 +49,14 @@ absl::Status CudaStatus(cudaError_t error, const char* what) {
                           cudaGetErrorString(error));
 }
 
-// A validated CSR index pair and its device copy.
+// A validated CSR index pair and its device copy, or its 2:4 layout.
 struct DeviceFilter {
   Tensor host_row_offsets, host_column_indices;
-  Tensor row_offsets, column_indices;  // device memory
+  Tensor row_offsets, column_indices;  // device memory, for CUDA cores
+  // Device memory, for tensor cores (Sparse24Layout); empty otherwise.
+  Tensor sparse24_value_index, sparse24_metadata;
+
+  bool UsesTensorCores() const { return sparse24_metadata.NumElements() > 0; }
 
   bool Serves(const Tensor& row_offsets_in,
               const Tensor& column_indices_in) const {
@@ -56,13 +68,25 @@ struct DeviceFilter {
   }
 };
 
-absl::Status Upload(const Tensor& host, Tensor* device, cudaStream_t stream) {
-  if (host.TotalBytes() == 0) return absl::OkStatus();
-  return CudaStatus(
-      cudaMemcpyAsync(device->data(), host.data(), host.TotalBytes(),
-                      cudaMemcpyHostToDevice, stream),
-      "copying the CSR indices to the device");
+absl::Status Upload(const void* host, int64_t bytes, Tensor* device,
+                    cudaStream_t stream) {
+  if (bytes == 0) return absl::OkStatus();
+  return CudaStatus(cudaMemcpyAsync(device->data(), host, bytes,
+                                    cudaMemcpyHostToDevice, stream),
+                    "copying the filter's indices to the device");
 }
+
+// A device copy of `host`, allocated as a temporary of `context`.
+template <typename Element>
+absl::Status AllocateAndUpload(OpKernelContext* context, DataType type,
+                               const Element* host, int64_t size,
+                               Tensor* device, cudaStream_t stream) {
+  TF_RETURN_IF_ERROR(context->allocate_temp(type, TensorShape({size}), device));
+  return Upload(host, size * static_cast<int64_t>(sizeof(Element)), device,
+                stream);
+}
+
+enum class Engine { kAuto, kCudaCores, kTensorCores24 };
 
 // 16-bit float types the op serves on the GPU by converting to fp32 around
 // the fp32 kernel; Eigen's types have the layout of CUDA's.
@@ -95,7 +119,13 @@ template <typename T>
 class CsrConv2DGpuOp : public CsrConv2DOpBase {
  public:
   explicit CsrConv2DGpuOp(OpKernelConstruction* context)
-      : CsrConv2DOpBase(context) {}
+      : CsrConv2DOpBase(context) {
+    std::string engine;
+    OP_REQUIRES_OK(context, context->GetAttr("engine", &engine));
+    engine_ = engine == "CUDA_CORES"         ? Engine::kCudaCores
+              : engine == "TENSOR_CORES_2_4" ? Engine::kTensorCores24
+                                             : Engine::kAuto;
+  }
 
   void Compute(OpKernelContext* context) override {
     escort::ConvGeometry geometry;
@@ -106,6 +136,14 @@ class CsrConv2DGpuOp : public CsrConv2DOpBase {
     std::shared_ptr<const DeviceFilter> filter;
     OP_REQUIRES_OK(context, GetFilter(context, geometry, stream, &filter));
     if (output->NumElements() == 0) return;
+    if constexpr (!std::is_same_v<T, float>) {
+      if (filter->UsesTensorCores()) {
+        OP_REQUIRES_OK(context,
+                       ComputeOnTensorCores(context, geometry, *filter,
+                                            stream, output));
+        return;
+      }
+    }
 
     Tensor input, values, bias, float_output = *output;
     OP_REQUIRES_OK(context, AsFloat<T>(context, context->input(0), stream,
@@ -164,6 +202,13 @@ class CsrConv2DGpuOp : public CsrConv2DOpBase {
     {
       tf_shared_lock lock(mu_);
       if (filter_ != nullptr && filter_->Serves(row_offsets, column_indices)) {
+        // The values are read anew each call: only their count is checked.
+        if (context->input(3).NumElements() != column_indices.NumElements()) {
+          return errors::InvalidArgument(
+              "values must have as many entries as column_indices (",
+              column_indices.NumElements(), "), got ",
+              context->input(3).NumElements());
+        }
         *filter = filter_;
         return absl::OkStatus();
       }
@@ -172,16 +217,29 @@ class CsrConv2DGpuOp : public CsrConv2DOpBase {
     auto fresh = std::make_shared<DeviceFilter>();
     fresh->host_row_offsets = row_offsets;
     fresh->host_column_indices = column_indices;
-    TF_RETURN_IF_ERROR(context->allocate_temp(DT_INT32, row_offsets.shape(),
-                                              &fresh->row_offsets));
-    TF_RETURN_IF_ERROR(context->allocate_temp(
-        DT_INT32, column_indices.shape(), &fresh->column_indices));
-    TF_RETURN_IF_ERROR(Upload(row_offsets, &fresh->row_offsets, stream));
-    TF_RETURN_IF_ERROR(
-        Upload(column_indices, &fresh->column_indices, stream));
-    // The host buffers may be pinned, so the copies may still be reading
-    // them; they must outlive the copies even if this entry is replaced
-    // at once. Waiting here costs once per new filter, not per call.
+    escort::Sparse24Layout layout;
+    TF_RETURN_IF_ERROR(ChooseEngine(context, geometry, &layout));
+    if (!layout.metadata.empty()) {
+      TF_RETURN_IF_ERROR(AllocateAndUpload(
+          context, DT_INT32, layout.value_index.data(),
+          static_cast<int64_t>(layout.value_index.size()),
+          &fresh->sparse24_value_index, stream));
+      TF_RETURN_IF_ERROR(AllocateAndUpload(
+          context, DT_UINT32, layout.metadata.data(),
+          static_cast<int64_t>(layout.metadata.size()),
+          &fresh->sparse24_metadata, stream));
+    } else {
+      TF_RETURN_IF_ERROR(AllocateAndUpload(
+          context, DT_INT32, row_offsets.flat<int32_t>().data(),
+          row_offsets.NumElements(), &fresh->row_offsets, stream));
+      TF_RETURN_IF_ERROR(AllocateAndUpload(
+          context, DT_INT32, column_indices.flat<int32_t>().data(),
+          column_indices.NumElements(), &fresh->column_indices, stream));
+    }
+    // The host buffers (the inputs, `layout`) may be pinned, so the copies
+    // may still be reading them; they must outlive the copies even if this
+    // entry is replaced at once. Waiting here costs once per new filter,
+    // not per call.
     TF_RETURN_IF_ERROR(
         CudaStatus(cudaStreamSynchronize(stream), "copying the CSR indices"));
     mutex_lock lock(mu_);
@@ -190,6 +248,59 @@ class CsrConv2DGpuOp : public CsrConv2DOpBase {
     return absl::OkStatus();
   }
 
+  // Fills `layout` when this call runs on tensor cores, leaves it empty for
+  // CUDA cores, and fails when the engine attr asks for tensor cores that
+  // cannot serve it. Called once per new filter: it is linear in the filter.
+  absl::Status ChooseEngine(OpKernelContext* context,
+                            const escort::ConvGeometry& geometry,
+                            escort::Sparse24Layout* layout) const {
+    if (engine_ == Engine::kCudaCores) return absl::OkStatus();
+    std::string why_not;
+    if (std::is_same_v<T, float>) {
+      why_not = "it needs float16 or bfloat16 input, got float32";
+    } else if (geometry.data_format != escort::DataFormat::kNHWC) {
+      why_not = "it needs data_format NHWC";
+    } else if (!escort::Sparse24Supported()) {
+      why_not = "this GPU has no sparse tensor cores (compute capability 8.0 "
+                "or newer needed) or this build has no code for it";
+    } else {
+      why_not = escort::BuildSparse24Layout(
+          geometry.K, geometry.R, geometry.S, geometry.C,
+          context->input(1).flat<int32_t>().data(),
+          context->input(2).flat<int32_t>().data(), layout);
+    }
+    if (why_not.empty()) return absl::OkStatus();
+    layout->metadata.clear();
+    if (engine_ == Engine::kAuto) return absl::OkStatus();
+    return errors::InvalidArgument("engine TENSOR_CORES_2_4 cannot run this "
+                                   "op: ", why_not);
+  }
+
+  absl::Status ComputeOnTensorCores(OpKernelContext* context,
+                                    const escort::ConvGeometry& geometry,
+                                    const DeviceFilter& filter,
+                                    cudaStream_t stream, Tensor* output) {
+    const int64_t num_packed = filter.sparse24_value_index.NumElements();
+    Tensor packed;
+    TF_RETURN_IF_ERROR(context->allocate_temp(DataTypeToEnum<T>::value,
+                                              TensorShape({num_packed}),
+                                              &packed));
+    TF_RETURN_IF_ERROR(CudaStatus(
+        escort::PackSparse24ValuesGpu(
+            filter.sparse24_value_index.flat<int32_t>().data(), num_packed,
+            context->input(3).data(), packed.data(), stream),
+        "packing the 2:4 filter values"));
+    const Tensor& bias = context->input(4);
+    return CudaStatus(
+        escort::Sparse24Conv2DGpu(
+            HalfTypeOf<T>(), geometry, context->input(0).data(),
+            packed.data(), filter.sparse24_metadata.flat<uint32_t>().data(),
+            bias.NumElements() > 0 ? bias.data() : nullptr, activation(),
+            output->data(), stream),
+        "launching the 2:4 tensor-core convolution");
+  }
+
+  Engine engine_ = Engine::kAuto;
   mutex mu_;
   std::shared_ptr<const DeviceFilter> filter_ TF_GUARDED_BY(mu_);
 };

@@ -91,6 +91,7 @@ REGISTER_OP("Escort>CsrConv2D")
     .Attr("dilations: list(int) = [1, 1]")
     .Attr("data_format: {'NHWC', 'NCHW'} = 'NHWC'")
     .Attr("activation: {'NONE', 'RELU', 'RELU6'} = 'NONE'")
+    .Attr("engine: {'AUTO', 'CUDA_CORES', 'TENSOR_CORES_2_4'} = 'AUTO'")
     .SetShapeFn(CsrConv2DShape)
     .Doc(R"doc(
 Direct sparse 2-D convolution with a CSR filter (Escort).
@@ -111,6 +112,13 @@ padding: SAME, VALID, or EXPLICIT (then explicit_paddings holds
   [top, bottom, left, right]).
 dilations: [dilation_h, dilation_w].
 activation: NONE, RELU or RELU6, fused after the bias.
+engine: which GPU kernel runs the op; the CPU has one kernel and ignores it.
+  CUDA_CORES is the direct CSR kernel. TENSOR_CORES_2_4 runs float16 and
+  bfloat16 NHWC convolutions on sparse tensor cores (compute capability 8.0+)
+  and needs a filter that is 2:4 along the input channels (at most 2
+  nonzeros in each aligned group of 4) with cin a multiple of 32; otherwise
+  the op fails with InvalidArgument saying which condition is not met. AUTO
+  takes TENSOR_CORES_2_4 where all of that holds, else CUDA_CORES.
 )doc");
 
 }  // namespace escort_tf
