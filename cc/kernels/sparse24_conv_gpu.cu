@@ -16,8 +16,8 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
+#include <mutex>
 #include <type_traits>
 
 #include "cc/kernels/sparse24_conv.h"
@@ -27,23 +27,45 @@ namespace {
 
 constexpr int kTileRows = static_cast<int>(kSparse24TileRows);          // 16
 constexpr int kStepChannels = static_cast<int>(kSparse24StepChannels);  // 32
-constexpr int kBlockTiles = 4;  // 64 output channels per block
-constexpr int kBlockRows = kBlockTiles * kTileRows;
-constexpr int kBlockPixels = 128;
-constexpr int kThreads = 128;  // one B row (pixel) per thread per step
-constexpr int kStages = 3;
 // B rows padded by 16 bytes: the 8 rows an ldmatrix reads then start in
 // distinct bank quads.
-constexpr int kBRowHalves = kStepChannels + 8;
-constexpr int kBStageBytes = kBlockPixels * kBRowHalves * 2;
-constexpr int kAStageBytes = kBlockTiles * 32 * 16;
-constexpr int kMetaStageBytes = kBlockTiles * 32 * 4;
-constexpr int kStageBytes = kBStageBytes + kAStageBytes + kMetaStageBytes;
-constexpr int kOutRowHalves = kBlockRows + 8;
-constexpr int kOutBytes = kBlockPixels * kOutRowHalves * 2;
-constexpr int kSmemBytes = std::max(kStages * kStageBytes, kOutBytes);
-static_assert(kBlockPixels == kThreads, "one B row per thread");
-static_assert(kBlockTiles * 32 == kThreads, "one A chunk per thread");
+constexpr int kBPadHalves = 8;
+
+// A block of kWarpsM x kWarpsN warps, each computing kWarpTiles 16-channel
+// tiles x 64 pixels (8 mma.sp columns of 8 pixels), staging kSubSteps steps
+// of 32 channels at a time (2 when C allows: half the barriers) in a
+// kStages-deep cp.async pipeline. One thread per pixel row of the block,
+// which it stages at every step.
+template <int kWarpsM_, int kWarpsN_, int kWarpTiles_, int kSubSteps_, int kStages_>
+struct Config {
+  static constexpr int kWarpsM = kWarpsM_, kWarpsN = kWarpsN_;
+  static constexpr int kWarpTiles = kWarpTiles_, kSubSteps = kSubSteps_;
+  static constexpr int kStages = kStages_;
+  static constexpr int kWarpPixels = 64;
+  static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
+  static constexpr int kBlockTiles = kWarpsM * kWarpTiles;
+  static constexpr int kBlockRows = kBlockTiles * kTileRows;
+  static constexpr int kBlockPixels = kWarpsN * kWarpPixels;
+  static constexpr int kStageChannels = kSubSteps * kStepChannels;
+  static constexpr int kBRowHalves = kStageChannels + kBPadHalves;
+  static constexpr int kBStageBytes = kBlockPixels * kBRowHalves * 2;
+  static constexpr int kAStageBytes = kSubSteps * kBlockTiles * 32 * 16;
+  static constexpr int kMetaStageBytes = kSubSteps * kBlockTiles * 32 * 4;
+  static constexpr int kStageBytes = kBStageBytes + kAStageBytes + kMetaStageBytes;
+  static constexpr int kOutRowHalves = kBlockRows + 8;
+  static constexpr int kOutBytes = kBlockPixels * kOutRowHalves * 2;
+  static constexpr int kSmemBytes = std::max(kStages * kStageBytes, kOutBytes);
+  static_assert(kBlockPixels == kThreads, "one B row per thread");
+  static_assert(kMetaStageBytes <= 16 * kThreads, "one metadata chunk per thread");
+};
+// 128 channels x 256 pixels for large problems, smaller blocks for grids
+// that would not fill the GPU, 64 channels where K is that small.
+template <int kSubSteps>
+using LargeConfig = Config<2, 4, 4, kSubSteps, 3>;
+template <int kSubSteps>
+using MediumConfig = Config<2, 2, 4, kSubSteps, 4>;
+template <int kSubSteps>
+using SmallConfig = Config<2, 2, 2, kSubSteps, 4>;
 
 struct Params {
   const uint16_t* input;
@@ -120,19 +142,23 @@ __device__ __forceinline__ void MmaSparse(float (&d)[4], const uint4& a,
 }
 #endif  // sm_80 and newer
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
+template <typename T, typename Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads)
     Sparse24ConvKernel(const Params p) {
 #if __CUDA_ARCH__ >= 800
   extern __shared__ __align__(16) unsigned char smem[];
   const uint32_t smem_base =
       static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int warp_m = warp % 2, warp_n = warp / 2;
-  const int first_tile = blockIdx.y * kBlockTiles;
+  const int warp_m = warp % Cfg::kWarpsM, warp_n = warp / Cfg::kWarpsM;
+  // Blocks that share pixels run side by side, so that their common input
+  // is read from DRAM once and then from L2.
+  const int channel_blocks = (p.num_tiles + Cfg::kBlockTiles - 1) / Cfg::kBlockTiles;
+  const int first_tile = static_cast<int>(blockIdx.x % channel_blocks) * Cfg::kBlockTiles;
+  const int first_pixel = static_cast<int>(blockIdx.x / channel_blocks) * Cfg::kBlockPixels;
 
   // This thread's B row: one output pixel, read at every step.
-  const int pixel = blockIdx.x * kBlockPixels + tid;
+  const int pixel = first_pixel + tid;
   const bool pixel_valid = pixel < p.num_pixels;
   const int image_pixels = p.P * p.Q;
   const int n = pixel_valid ? pixel / image_pixels : 0;
@@ -140,88 +166,121 @@ __global__ void __launch_bounds__(kThreads)
   const int ih0 = (rest / p.Q) * p.stride_h - p.pad_top;
   const int iw0 = (rest % p.Q) * p.stride_w - p.pad_left;
   const uint16_t* image = p.input + static_cast<int64_t>(n) * p.H * p.W * p.C;
-  // This thread's A chunk; tiles past K read the last tile (never stored),
-  // so every fragment the tensor cores see has well-formed metadata.
-  const int a_tile = min(first_tile + tid / 32, p.num_tiles - 1);
-  const int meta_tile = min(first_tile + tid / 8, p.num_tiles - 1);
+  // The next step to stage, as (r, s, c0): steps are staged in order.
+  int load_r = 0, load_s = 0, load_c = 0;
 
-  auto load_step = [&](int step, int stage) {
-    const uint32_t b_dst = smem_base + stage * kStageBytes + tid * kBRowHalves * 2;
-    const int tap = step / p.steps_per_tap;
-    const int c0 = (step % p.steps_per_tap) * kStepChannels;
-    const int ih = ih0 + (tap / p.S) * p.dilation_h;
-    const int iw = iw0 + (tap % p.S) * p.dilation_w;
+  // Stage `stage` gets filter steps kSubSteps * index onwards.
+  auto load_stage = [&](int index, int stage) {
+    const uint32_t stage_base = smem_base + stage * Cfg::kStageBytes;
+    const int ih = ih0 + load_r * p.dilation_h;
+    const int iw = iw0 + load_s * p.dilation_w;
     const bool valid = pixel_valid && ih >= 0 && ih < p.H && iw >= 0 && iw < p.W;
     const uint16_t* src =
-        valid ? image + (static_cast<int64_t>(ih) * p.W + iw) * p.C + c0 : p.input;
+        valid ? image + (static_cast<int64_t>(ih) * p.W + iw) * p.C + load_c : p.input;
+    const uint32_t b_dst = stage_base + tid * Cfg::kBRowHalves * 2;
 #pragma unroll
-    for (int q = 0; q < 4; ++q) CpAsync16(b_dst + q * 16, src + (valid ? q * 8 : 0), valid);
+    for (int q = 0; q < Cfg::kStageChannels / 8; ++q) {
+      CpAsync16(b_dst + q * 16, src + (valid ? q * 8 : 0), valid);
+    }
+    load_c += Cfg::kStageChannels;
+    if (load_c == p.C) {
+      load_c = 0;
+      if (++load_s == p.S) {
+        load_s = 0;
+        ++load_r;
+      }
+    }
 
-    const uint32_t a_dst = smem_base + stage * kStageBytes + kBStageBytes + tid * 16;
-    CpAsync16(a_dst,
-              p.packed + (static_cast<int64_t>(step) * p.num_tiles + a_tile) * 32 + lane,
-              true);
-    if (tid < 32) {
-      const uint32_t m_dst = smem_base + stage * kStageBytes + kBStageBytes +
-                             kAStageBytes + tid * 16;
-      CpAsync16(m_dst,
-                p.metadata +
-                    (static_cast<int64_t>(step) * p.num_tiles + meta_tile) * 32 +
-                    (tid % 8) * 4,
+    // A: 32 16-byte chunks per tile and step, [sub step][tile][lane]; tiles
+    // past K read the last tile (never stored), so every fragment the tensor
+    // cores see is well formed.
+    const int64_t first_step = static_cast<int64_t>(index) * Cfg::kSubSteps;
+#pragma unroll
+    for (int chunk = tid; chunk < Cfg::kSubSteps * Cfg::kBlockTiles * 32;
+         chunk += Cfg::kThreads) {
+      const int sub = chunk / (Cfg::kBlockTiles * 32);
+      const int tile = min(first_tile + chunk / 32 % Cfg::kBlockTiles, p.num_tiles - 1);
+      CpAsync16(stage_base + Cfg::kBStageBytes + chunk * 16,
+                p.packed + ((first_step + sub) * p.num_tiles + tile) * 32 + chunk % 32, true);
+    }
+    if (tid < Cfg::kSubSteps * Cfg::kBlockTiles * 8) {
+      const int sub = tid / (Cfg::kBlockTiles * 8);
+      const int tile = min(first_tile + tid / 8 % Cfg::kBlockTiles, p.num_tiles - 1);
+      CpAsync16(stage_base + Cfg::kBStageBytes + Cfg::kAStageBytes + tid * 16,
+                p.metadata + ((first_step + sub) * p.num_tiles + tile) * 32 + (tid % 8) * 4,
                 true);
     }
   };
 
-  float acc[2][8][4] = {};
+  constexpr int kStages = Cfg::kStages;
+  const int num_stage_loads = p.num_steps / Cfg::kSubSteps;
+  float acc[Cfg::kWarpTiles][8][4] = {};
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < p.num_steps) load_step(s, s);
+    if (s < num_stage_loads) load_stage(s, s);
     CpAsyncCommit();
   }
-  for (int step = 0; step < p.num_steps; ++step) {
+  for (int index = 0; index < num_stage_loads; ++index) {
     CpAsyncWait<kStages - 2>();
     __syncthreads();
-    const int stage = step % kStages;
-    const unsigned char* stage_ptr = smem + stage * kStageBytes;
-    const uint4* a_frags = reinterpret_cast<const uint4*>(stage_ptr + kBStageBytes);
-    const uint32_t* metas =
-        reinterpret_cast<const uint32_t*>(stage_ptr + kBStageBytes + kAStageBytes);
-    uint4 a[2];
-    uint32_t e[2];
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi) {
-      a[mi] = a_frags[(warp_m * 2 + mi) * 32 + lane];
-      e[mi] = metas[(warp_m * 2 + mi) * 32 + lane];
-    }
-    // ldmatrix.x4: lanes 8i..8i+7 address the rows of matrix i, channels
-    // 8i..8i+7 of 8 pixels; matrix i becomes B register i.
-    const uint32_t b_base = smem_base + stage * kStageBytes +
-                            ((warp_n * 64 + (lane & 7)) * kBRowHalves + (lane >> 3) * 8) * 2;
-#pragma unroll
-    for (int ni = 0; ni < 8; ++ni) {
-      uint32_t b[4];
-      asm volatile(
-          "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-          : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3])
-          : "r"(b_base + ni * 8 * kBRowHalves * 2));
-      MmaSparse<T>(acc[0][ni], a[0], b, e[0]);
-      MmaSparse<T>(acc[1][ni], a[1], b, e[1]);
-    }
-    const int next = step + kStages - 1;
-    if (next < p.num_steps) load_step(next, next % kStages);
+    // Refill the stage every warp finished with before the barrier, so that
+    // the copies overlap this stage's math.
+    const int next = index + kStages - 1;
+    if (next < num_stage_loads) load_stage(next, next % kStages);
     CpAsyncCommit();
+
+    const int stage = index % kStages;
+    const unsigned char* stage_ptr = smem + stage * Cfg::kStageBytes;
+    const uint4* a_frags = reinterpret_cast<const uint4*>(stage_ptr + Cfg::kBStageBytes);
+    const uint32_t* metas = reinterpret_cast<const uint32_t*>(
+        stage_ptr + Cfg::kBStageBytes + Cfg::kAStageBytes);
+#pragma unroll
+    for (int sub = 0; sub < Cfg::kSubSteps; ++sub) {
+      // All of the sub step's fragments first, then its mma.sp: the asm
+      // statements keep their order, so a load placed between two mma.sp
+      // would stall the second on the load's latency.
+      uint4 a[Cfg::kWarpTiles];
+      uint32_t e[Cfg::kWarpTiles];
+#pragma unroll
+      for (int mi = 0; mi < Cfg::kWarpTiles; ++mi) {
+        const int fragment = (sub * Cfg::kBlockTiles + warp_m * Cfg::kWarpTiles + mi) * 32;
+        a[mi] = a_frags[fragment + lane];
+        e[mi] = metas[fragment + lane];
+      }
+      // ldmatrix.x4: lanes 8i..8i+7 address the rows of matrix i, channels
+      // 8i..8i+7 of the sub step for 8 pixels; matrix i becomes B register i.
+      const uint32_t b_base = smem_base + stage * Cfg::kStageBytes +
+                              ((warp_n * Cfg::kWarpPixels + (lane & 7)) * Cfg::kBRowHalves +
+                               sub * kStepChannels + (lane >> 3) * 8) *
+                                  2;
+      uint32_t b[8][4];
+#pragma unroll
+      for (int ni = 0; ni < 8; ++ni) {
+        asm volatile(
+            "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+            : "=r"(b[ni][0]), "=r"(b[ni][1]), "=r"(b[ni][2]), "=r"(b[ni][3])
+            : "r"(b_base + ni * 8 * Cfg::kBRowHalves * 2));
+      }
+#pragma unroll
+      for (int ni = 0; ni < 8; ++ni) {
+#pragma unroll
+        for (int mi = 0; mi < Cfg::kWarpTiles; ++mi) {
+          MmaSparse<T>(acc[mi][ni], a[mi], b[ni], e[mi]);
+        }
+      }
+    }
   }
   CpAsyncWait<0>();
   __syncthreads();
 
-  // Accumulator (mi, ni, h * 2 + c): channel 16 (2 warp_m + mi) + g + 8h,
-  // pixel 64 warp_n + 8 ni + 2t + c of the block's tile.
+  // Accumulator (mi, ni, h * 2 + c): channel 16 (kWarpTiles warp_m + mi) +
+  // g + 8h, pixel 64 warp_n + 8 ni + 2t + c of the block's tile.
   uint16_t* out_tile = reinterpret_cast<uint16_t*>(smem);
   const int g = lane / 4, t = lane % 4;
 #pragma unroll
-  for (int mi = 0; mi < 2; ++mi) {
+  for (int mi = 0; mi < Cfg::kWarpTiles; ++mi) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int k_local = (warp_m * 2 + mi) * kTileRows + g + 8 * h;
+      const int k_local = (warp_m * Cfg::kWarpTiles + mi) * kTileRows + g + 8 * h;
       const int k = first_tile * kTileRows + k_local;
       const float bias = (p.bias != nullptr && k < p.K) ? ToFloat<T>(p.bias[k]) : 0.f;
 #pragma unroll
@@ -231,22 +290,23 @@ __global__ void __launch_bounds__(kThreads)
           float v = acc[mi][ni][h * 2 + c] + bias;
           if (p.activation == 1) v = fmaxf(v, 0.f);
           if (p.activation == 2) v = fminf(fmaxf(v, 0.f), 6.f);
-          const int px_local = warp_n * 64 + ni * 8 + 2 * t + c;
-          out_tile[px_local * kOutRowHalves + k_local] = FromFloat<T>(v);
+          const int px_local = warp_n * Cfg::kWarpPixels + ni * 8 + 2 * t + c;
+          out_tile[px_local * Cfg::kOutRowHalves + k_local] = FromFloat<T>(v);
         }
       }
     }
   }
   __syncthreads();
-  // 16-byte chunks of 8 channels: 8 per pixel row, 128 rows.
+  // 16-byte chunks of 8 channels, kBlockRows / 8 per pixel row.
+  constexpr int kRowChunks = Cfg::kBlockRows / 8;
   const int first_k = first_tile * kTileRows;
   const bool vector_rows = p.K % 8 == 0;
-  for (int chunk = tid; chunk < kBlockPixels * 8; chunk += kThreads) {
-    const int px_local = chunk / 8, k_local = (chunk % 8) * 8;
-    const int out_pixel = blockIdx.x * kBlockPixels + px_local;
+  for (int chunk = tid; chunk < Cfg::kBlockPixels * kRowChunks; chunk += Cfg::kThreads) {
+    const int px_local = chunk / kRowChunks, k_local = (chunk % kRowChunks) * 8;
+    const int out_pixel = first_pixel + px_local;
     const int k = first_k + k_local;
     if (out_pixel >= p.num_pixels || k >= p.K) continue;
-    const uint16_t* src = out_tile + px_local * kOutRowHalves + k_local;
+    const uint16_t* src = out_tile + px_local * Cfg::kOutRowHalves + k_local;
     uint16_t* dst = p.output + static_cast<int64_t>(out_pixel) * p.K + k;
     if (vector_rows) {
       *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
@@ -267,11 +327,99 @@ __global__ void PackValuesKernel(const int32_t* __restrict__ value_index,
   }
 }
 
+// What the launcher needs of a device, looked up once per device.
+struct DeviceState {
+  bool supported = false;
+  int num_sms = 0;
+};
+
+template <typename T, typename Cfg>
+cudaError_t AllowSharedMemory() {
+  return cudaFuncSetAttribute(Sparse24ConvKernel<T, Cfg>,
+                              cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              Cfg::kSmemBytes);
+}
+
+template <typename T>
+cudaError_t AllowSharedMemoryAll() {
+  for (cudaError_t e :
+       {AllowSharedMemory<T, LargeConfig<1>>(), AllowSharedMemory<T, MediumConfig<1>>(),
+        AllowSharedMemory<T, SmallConfig<1>>(), AllowSharedMemory<T, LargeConfig<2>>(),
+        AllowSharedMemory<T, MediumConfig<2>>(), AllowSharedMemory<T, SmallConfig<2>>()}) {
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+// The device's state, set up on first use: the shared-memory attribute of
+// every kernel instance is per device.
+cudaError_t GetDeviceState(DeviceState* state) {
+  constexpr int kMaxDevices = 64;
+  static std::mutex mu;
+  static DeviceState states[kMaxDevices];
+  static bool known[kMaxDevices] = {};
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  if (device >= kMaxDevices) return cudaErrorInvalidDevice;
+  std::lock_guard<std::mutex> lock(mu);
+  if (!known[device]) {
+    DeviceState fresh;
+    int major = 0;
+    err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    if (err == cudaSuccess) {
+      err = cudaDeviceGetAttribute(&fresh.num_sms, cudaDevAttrMultiProcessorCount, device);
+    }
+    // The kernels' bodies exist only in code built for sm_80 and newer; on an
+    // older device a launch would run an empty kernel.
+    cudaFuncAttributes attributes;
+    if (err == cudaSuccess) {
+      err = cudaFuncGetAttributes(&attributes, Sparse24ConvKernel<__half, SmallConfig<1>>);
+    }
+    if (err != cudaSuccess) return err;
+    fresh.supported = major >= 8 && attributes.binaryVersion >= 80;
+    if (fresh.supported) err = AllowSharedMemoryAll<__half>();
+    if (fresh.supported && err == cudaSuccess) err = AllowSharedMemoryAll<__nv_bfloat16>();
+    if (err != cudaSuccess) return err;
+    states[device] = fresh;
+    known[device] = true;
+  }
+  *state = states[device];
+  return cudaSuccess;
+}
+
+template <typename Cfg>
+int64_t NumBlocks(const Params& p) {
+  return static_cast<int64_t>((p.num_pixels + Cfg::kBlockPixels - 1) / Cfg::kBlockPixels) *
+         ((p.num_tiles + Cfg::kBlockTiles - 1) / Cfg::kBlockTiles);
+}
+
+template <typename T, typename Cfg>
+cudaError_t LaunchConfig(const Params& p, cudaStream_t stream) {
+  const auto blocks = static_cast<unsigned>(NumBlocks<Cfg>(p));
+  Sparse24ConvKernel<T, Cfg><<<blocks, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+// The largest block that still gives every multiprocessor one.
+template <typename T, int kSubSteps>
+cudaError_t LaunchBlock(const Params& p, int num_sms, cudaStream_t stream) {
+  if (p.K > SmallConfig<kSubSteps>::kBlockRows) {
+    if (NumBlocks<LargeConfig<kSubSteps>>(p) >= num_sms) {
+      return LaunchConfig<T, LargeConfig<kSubSteps>>(p, stream);
+    }
+    if (NumBlocks<MediumConfig<kSubSteps>>(p) >= num_sms) {
+      return LaunchConfig<T, MediumConfig<kSubSteps>>(p, stream);
+    }
+  }
+  return LaunchConfig<T, SmallConfig<kSubSteps>>(p, stream);
+}
+
 template <typename T>
 cudaError_t Launch(const ConvGeometry& g, const void* input,
                    const void* packed_values, const uint32_t* metadata,
                    const void* bias, Activation activation, void* output,
-                   cudaStream_t stream) {
+                   int num_sms, cudaStream_t stream) {
   Params p;
   p.input = static_cast<const uint16_t*>(input);
   p.packed = static_cast<const uint4*>(packed_values);
@@ -292,42 +440,20 @@ cudaError_t Launch(const ConvGeometry& g, const void* input,
   p.pad_top = static_cast<int>(g.pad_top);
   p.pad_left = static_cast<int>(g.pad_left);
   p.num_pixels = static_cast<int>(g.N * g.P * g.Q);
-  p.steps_per_tap = static_cast<int>(g.C / kStepChannels);
-  p.num_steps = static_cast<int>(g.R * g.S) * p.steps_per_tap;
+  p.num_steps = static_cast<int>(g.R * g.S * g.C / kStepChannels);
   p.num_tiles = static_cast<int>((g.K + kTileRows - 1) / kTileRows);
   p.activation = activation == Activation::kRelu    ? 1
                  : activation == Activation::kRelu6 ? 2
                                                     : 0;
-  const dim3 grid((p.num_pixels + kBlockPixels - 1) / kBlockPixels,
-                  (p.num_tiles + kBlockTiles - 1) / kBlockTiles);
-  Sparse24ConvKernel<T><<<grid, kThreads, kSmemBytes, stream>>>(p);
-  return cudaGetLastError();
+  return g.C % (2 * kStepChannels) == 0 ? LaunchBlock<T, 2>(p, num_sms, stream)
+                                         : LaunchBlock<T, 1>(p, num_sms, stream);
 }
 
 }  // namespace
 
 bool Sparse24Supported() {
-  // Per device: 0 not yet known, 1 supported, 2 not.
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> known[kMaxDevices];
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return false;
-  if (device < kMaxDevices && known[device].load() != 0) {
-    return known[device].load() == 1;
-  }
-  int major = 0;
-  // The kernel's body exists only in code built for sm_80 and newer; on an
-  // older device the launch would run an empty kernel.
-  cudaFuncAttributes attributes;
-  const bool supported =
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor,
-                             device) == cudaSuccess &&
-      major >= 8 &&
-      cudaFuncGetAttributes(&attributes, Sparse24ConvKernel<__half>) ==
-          cudaSuccess &&
-      attributes.binaryVersion >= 80;
-  if (device < kMaxDevices) known[device].store(supported ? 1 : 2);
-  return supported;
+  DeviceState state;
+  return GetDeviceState(&state) == cudaSuccess && state.supported;
 }
 
 cudaError_t PackSparse24ValuesGpu(const int32_t* value_index,
@@ -348,16 +474,20 @@ cudaError_t Sparse24Conv2DGpu(HalfType type, const ConvGeometry& geometry,
                               const uint32_t* metadata, const void* bias,
                               Activation activation, void* output,
                               cudaStream_t stream) {
+  DeviceState state;
+  const cudaError_t err = GetDeviceState(&state);
+  if (err != cudaSuccess) return err;
   if (geometry.data_format != DataFormat::kNHWC ||
-      geometry.C % kStepChannels != 0 || !Sparse24Supported()) {
+      geometry.C % kStepChannels != 0 || !state.supported) {
     return cudaErrorNotSupported;
   }
   if (geometry.OutputSize() == 0) return cudaSuccess;
   return type == HalfType::kFloat16
              ? Launch<__half>(geometry, input, packed_values, metadata, bias,
-                              activation, output, stream)
+                              activation, output, state.num_sms, stream)
              : Launch<__nv_bfloat16>(geometry, input, packed_values, metadata,
-                                     bias, activation, output, stream);
+                                     bias, activation, output, state.num_sms,
+                                     stream);
 }
 
 }  // namespace escort

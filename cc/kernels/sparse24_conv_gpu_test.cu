@@ -7,7 +7,8 @@
 //     cc/kernels/csr_validate.cc -o test
 //   ./test [num_random_cases] [seed]
 // Named cases first (1x1, 7x7, width 1, batch 1, K not a multiple of 16 or
-// 8, strides, dilations, all paddings, activations), then random ones, each
+// 8, strides, dilations, all paddings, activations, each block shape), then
+// random ones, each
 // in float16 and bfloat16, with groups of 0, 1 and 2 nonzeros. Outputs are
 // poisoned with NaN first; every launch's status is checked.
 #include <cuda_bf16.h>
@@ -270,6 +271,10 @@ int main(int argc, char** argv) {
       {"explicit_padding", 2, 15, 13, 64, 48, 3, 3, explicit_pad, true, Activation::kNone},
       {"many_blocks", 4, 28, 28, 128, 144, 3, 3, Attrs(1, 1, kSame), true, Activation::kRelu},
       {"k1", 1, 5, 5, 32, 1, 3, 3, Attrs(1, 1, kSame), true, Activation::kNone},
+      // Enough blocks for the launcher's larger tiles on a GPU of up to ~140
+      // multiprocessors: 128 x 256, then 128 x 128 (padded tiles in both).
+      {"large_blocks", 8, 34, 34, 64, 500, 3, 3, Attrs(1, 1, kSame), true, Activation::kRelu},
+      {"medium_blocks", 4, 30, 30, 96, 520, 1, 1, Attrs(1, 1, kValid), true, Activation::kNone},
   };
   std::uniform_int_distribution<int> small(1, 4), spatial(1, 20), chunks(1, 4),
       outs(1, 80), window(1, 5), stride(1, 3), dilation(1, 2), pad(0, 1);
