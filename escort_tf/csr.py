@@ -21,6 +21,9 @@ import tensorflow as tf
 # Value dtypes the `Escort>CsrConv2D` op accepts (its attr `T`).
 SUPPORTED_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
 
+# The GPU's 2:4 tensor-core kernel takes this many input channels per step.
+TENSOR_CORE_CHANNELS = 32
+
 
 def _as_numpy(value, name):
     """Returns `value` (numpy, tf.Tensor or tf.Variable) as a numpy array."""
@@ -242,6 +245,36 @@ class CsrFilter:
     def density(self):
         """`nnz / (kh * kw * cin * cout)`, in [0, 1]."""
         return self.nnz / float(np.prod(self._filter_shape))
+
+    @property
+    def is_2_4(self):
+        """Whether the filter is 2:4 sparse along its input channels.
+
+        True when `cin % 4 == 0` and, for every output channel and tap
+        `(r, s)`, each aligned group of 4 consecutive input channels holds at
+        most 2 stored weights: the pattern of TFMOT's
+        `prune_low_magnitude(..., sparsity_m_by_n=(2, 4))` on a `Conv2D`.
+        Stored entries count, as in the GPU kernel, even if a value is zero.
+        """
+        kh, kw, cin, _ = self._filter_shape
+        if cin % 4:
+            return False
+        # With cin % 4 == 0, column j lies in group j // 4 of its row. Columns
+        # ascend within a row and rows follow one another, so (row, group)
+        # keys never decrease: a group with 3 or more entries shows up as
+        # equal keys two places apart.
+        keys = self.row_ids * (kh * kw * cin // 4) + self._column_indices // 4
+        return not np.any(keys[2:] == keys[:-2])
+
+    @property
+    def tensor_core_eligible(self):
+        """Whether the GPU's 2:4 tensor-core kernel can take this filter.
+
+        `is_2_4` and `cin` a multiple of 32 (`TENSOR_CORE_CHANNELS`). The call
+        must also be float16/bfloat16 and NHWC on a GPU of compute capability
+        8.0 or newer; see `sparse_conv2d`'s `engine`.
+        """
+        return self.is_2_4 and self._filter_shape[2] % TENSOR_CORE_CHANNELS == 0
 
     def __eq__(self, other):
         if not isinstance(other, CsrFilter):

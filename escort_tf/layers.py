@@ -72,6 +72,9 @@ class SparseConv2D(tf_keras.layers.Layer):
         dilation_rate: int or pair.
         activation: a Keras activation; relu/relu6/linear are fused.
         use_bias: whether the layer has a bias variable.
+        engine: the op's GPU kernel, "auto", "cuda_cores" or
+            "tensor_cores_2_4" (see `escort_tf.sparse_conv2d`); the CPU
+            ignores it.
         **kwargs: base `Layer` arguments (`name`, `dtype`, ...).
 
     Example:
@@ -84,7 +87,7 @@ class SparseConv2D(tf_keras.layers.Layer):
 
     def __init__(self, filters, kernel_size, nnz, strides=1, padding="valid",
                  data_format=None, dilation_rate=1, activation=None, use_bias=True,
-                 **kwargs):
+                 engine="auto", **kwargs):
         super().__init__(**kwargs)
         if not isinstance(filters, (int, np.integer)) or filters <= 0:
             raise ValueError(f"`filters` must be a positive int, got {filters!r}.")
@@ -104,19 +107,21 @@ class SparseConv2D(tf_keras.layers.Layer):
                 f"`data_format` must be 'channels_last' or 'channels_first', got {data_format!r}.")
         self.activation = tf_keras.activations.get(activation)
         self.use_bias = bool(use_bias)
+        self.engine = ops.check_engine(engine)
         self.input_spec = tf_keras.layers.InputSpec(ndim=4)
         # Set by from_conv2d and consumed by build(): the trained weights.
         self._initial_filter = None
         self._initial_bias = None
 
     @classmethod
-    def from_conv2d(cls, layer, mask=None):
+    def from_conv2d(cls, layer, mask=None, engine="auto"):
         """Builds a `SparseConv2D` equal to a built dense `Conv2D`.
 
         Args:
             layer: a built `tf_keras.layers.Conv2D` (not `Conv2DTranspose`, no groups).
             mask: optional pruning mask of the kernel's shape; the stored
                 filter is `layer.kernel * mask` (zeros are dropped).
+            engine: the new layer's `engine`.
 
         Returns:
             An unbuilt `SparseConv2D` with the same name, geometry, bias,
@@ -132,7 +137,7 @@ class SparseConv2D(tf_keras.layers.Layer):
         sparse = cls(filters=layer.filters, kernel_size=layer.kernel_size, nnz=csr.nnz,
                      strides=layer.strides, padding=layer.padding,
                      data_format=layer.data_format, dilation_rate=layer.dilation_rate,
-                     activation=layer.activation, use_bias=layer.use_bias,
+                     activation=layer.activation, use_bias=layer.use_bias, engine=engine,
                      name=layer.name, dtype=layer.dtype_policy)
         sparse._initial_filter = csr
         sparse._initial_bias = layer.bias.numpy() if layer.use_bias else None
@@ -186,7 +191,7 @@ class SparseConv2D(tf_keras.layers.Layer):
             tf.cast(self.values, self.compute_dtype), self.filter_shape,
             bias=bias, strides=self.strides, padding=self.padding.upper(),
             dilations=self.dilation_rate, data_format=_DATA_FORMATS[self.data_format],
-            activation=fused)
+            activation=fused, engine=self.engine)
         return self.activation(outputs) if fused is None else outputs
 
     def compute_output_shape(self, input_shape):
@@ -212,5 +217,5 @@ class SparseConv2D(tf_keras.layers.Layer):
             strides=self.strides, padding=self.padding, data_format=self.data_format,
             dilation_rate=self.dilation_rate,
             activation=tf_keras.activations.serialize(self.activation),
-            use_bias=self.use_bias)
+            use_bias=self.use_bias, engine=self.engine)
         return config

@@ -10,6 +10,9 @@ from escort_tf.csr import SUPPORTED_DTYPES, CsrFilter
 
 IntOrPair = Union[int, Sequence[int]]
 
+# The `engine` argument's values; the op's attr is the same in upper case.
+ENGINES = ("auto", "cuda_cores", "tensor_cores_2_4")
+
 
 def int_pair(value: IntOrPair, name: str) -> list:
     """Normalises an int or a pair of ints to a list of two positive ints."""
@@ -74,6 +77,18 @@ _PADDING_FORMS = ('padding must be "SAME", "VALID", [[top, bottom], [left, right
                   "tf.nn.conv2d's 4 pairs with zeros at batch and channels")
 
 
+def check_engine(engine) -> str:
+    """Returns `engine` if it is one of `ENGINES`, else raises a ValueError naming it.
+
+    Example:
+      >>> check_engine("auto")
+      'auto'
+    """
+    if not isinstance(engine, str) or engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
+    return engine
+
+
 def _padding(padding, data_format: str):
     """Returns the op's (padding, explicit_paddings) attributes."""
     if isinstance(padding, str):
@@ -105,7 +120,8 @@ def sparse_conv2d(input,  # pylint: disable=redefined-builtin
                   dilations: IntOrPair = 1,
                   data_format: str = "NHWC",
                   activation: Optional[str] = None,
-                  name: Optional[str] = None) -> tf.Tensor:
+                  name: Optional[str] = None,
+                  engine: str = "auto") -> tf.Tensor:
     """2-D convolution with a sparse (CSR) filter, computed directly.
 
     Equals `act(tf.nn.conv2d(input, filters.to_dense(), strides, padding,
@@ -131,6 +147,17 @@ def sparse_conv2d(input,  # pylint: disable=redefined-builtin
       data_format: "NHWC" or "NCHW".
       activation: None, "relu" or "relu6", fused into the op.
       name: optional op name.
+      engine: which GPU kernel computes the convolution; the CPU has one
+        kernel and ignores it, so the choice never makes a graph unportable.
+        "cuda_cores" is the direct CSR kernel, for any filter.
+        "tensor_cores_2_4" runs float16/bfloat16 NHWC inputs on sparse
+        tensor cores (compute capability 8.0+) and needs a filter that is
+        2:4 along its input channels with `cin % 32 == 0`
+        (`filters.tensor_core_eligible`); on a GPU the op fails with
+        InvalidArgument otherwise. "auto" (the default) takes the tensor
+        cores where all of that holds and the CSR kernel elsewhere: pin
+        "cuda_cores" only where it measured faster (`convert(...,
+        autotune=True)` does).
 
     Returns:
       The 4-D output tensor in `data_format`.
@@ -144,7 +171,7 @@ def sparse_conv2d(input,  # pylint: disable=redefined-builtin
     return csr_conv2d(input, filters.row_offsets, filters.column_indices, filters.values,
                       filters.filter_shape, bias=bias, strides=strides, padding=padding,
                       dilations=dilations, data_format=data_format,
-                      activation=activation, name=name)
+                      activation=activation, name=name, engine=engine)
 
 
 def csr_conv2d(input,  # pylint: disable=redefined-builtin
@@ -158,7 +185,8 @@ def csr_conv2d(input,  # pylint: disable=redefined-builtin
                dilations: IntOrPair = 1,
                data_format: str = "NHWC",
                activation: Optional[str] = None,
-               name: Optional[str] = None) -> tf.Tensor:
+               name: Optional[str] = None,
+               engine: str = "auto") -> tf.Tensor:
     """`sparse_conv2d` over CSR arrays given as tensors or variables.
 
     For callers that hold the filter in variables (the Keras layer); the
@@ -172,6 +200,7 @@ def csr_conv2d(input,  # pylint: disable=redefined-builtin
     padding_attr, explicit_paddings = _padding(padding, data_format)
     if activation not in OP_ATTRS:
         raise ValueError(f'activation must be None, "relu" or "relu6", got {activation!r}')
+    check_engine(engine)
     filter_shape = [int(size) for size in filter_shape]
     if len(filter_shape) != 4 or min(filter_shape) < 1:
         raise ValueError(f"filter_shape must be 4 positive sizes (kh, kw, cin, cout), "
@@ -213,4 +242,5 @@ def csr_conv2d(input,  # pylint: disable=redefined-builtin
             explicit_paddings=explicit_paddings,
             dilations=dilations,
             data_format=data_format,
-            activation=OP_ATTRS[activation])
+            activation=OP_ATTRS[activation],
+            engine=engine.upper())

@@ -71,3 +71,18 @@ def masked_reference(pruned, x):
 
 def random_input(rng, batch=2, shape=INPUT_SHAPE):
     return rng.standard_normal((batch, *shape)).astype(np.float32)
+
+
+def kernel_2_4(rng, shape, dtype=np.float32):
+    """A random HWIO kernel, 2:4 along the input channels (`shape[2] % 4 == 0`).
+
+    Each aligned group of 4 input channels keeps 2 random weights at each tap
+    and output channel, as TFMOT's `sparsity_m_by_n=(2, 4)` does; about one
+    group in ten is pruned further, since 2:4 allows fewer than 2.
+    """
+    kh, kw, cin, cout = shape
+    # A random permutation of each group's 4 positions: positions 0 and 1 land at random.
+    permutation = rng.random((kh, kw, cin // 4, 4, cout)).argsort(axis=3)
+    keep = (permutation < 2) & (rng.random(permutation.shape) > 0.05)
+    kernel = rng.standard_normal(keep.shape) * keep
+    return kernel.reshape(shape).astype(dtype)

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 from hypothesis import strategies as st
 
+import pruned_models
 from escort_tf import CsrFilter
 
 BFLOAT16 = tf.bfloat16.as_numpy_dtype
@@ -186,3 +187,71 @@ def test_round_trip_property(kernel):
     np.testing.assert_array_equal(f.to_dense(), kernel)
     rebuilt = CsrFilter(f.row_offsets, f.column_indices, f.values, f.filter_shape)
     assert rebuilt == f
+
+
+# --- 2:4 structure along the input channels. ---------------------------------
+
+def is_2_4_dense(kernel):
+    """The definition on the dense kernel: at most 2 nonzeros per aligned group of 4 channels."""
+    kh, kw, cin, cout = kernel.shape
+    return cin % 4 == 0 and (kernel.reshape(kh, kw, cin // 4, 4, cout) != 0).sum(3).max() <= 2
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 32, 16), (1, 1, 4, 1), (5, 3, 8, 7), (1, 1, 64, 64),
+                                   (2, 2, 12, 3)], ids=str)
+def test_random_2_4_filters_are_detected(rng, shape):
+    f = CsrFilter.from_dense(pruned_models.kernel_2_4(rng, shape))
+    assert f.is_2_4
+    assert 0.45 < 1 - f.density <= 1.0  # 2:4 is at least half zeros
+
+
+@pytest.mark.parametrize("tap,group", [((0, 0), 0), ((1, 2), 3), ((2, 2), 7)],
+                         ids=["first_group", "middle_group", "last_group"])
+def test_a_group_with_three_weights_is_not_2_4(rng, tap, group):
+    kernel = pruned_models.kernel_2_4(rng, (3, 3, 32, 5))
+    kernel[tap[0], tap[1], 4 * group:4 * group + 4, 4] = [1.0, -2.0, 0.0, 3.0]
+    assert not CsrFilter.from_dense(kernel).is_2_4
+
+
+def test_groups_are_aligned_and_per_output_channel():
+    kernel = np.zeros((1, 1, 8, 2), np.float32)
+    kernel[0, 0, 2:6, 0] = 1.0  # 4 channels in a row, but 2 in each aligned group
+    kernel[0, 0, 4:6, 1] = 1.0  # the same group, next output channel: counted apart
+    assert CsrFilter.from_dense(kernel).is_2_4
+    kernel[0, 0, 6, 0] = 1.0  # 3 in output 0's group of channels 4..7
+    assert not CsrFilter.from_dense(kernel).is_2_4
+
+
+@pytest.mark.parametrize("cin", [1, 3, 6, 33])
+def test_input_channels_not_a_multiple_of_4_are_never_2_4(cin):
+    kernel = np.zeros((3, 3, cin, 4), np.float32)
+    kernel[1, 1, 0, 0] = 1.0  # a single weight: would be 2:4 if cin allowed groups
+    f = CsrFilter.from_dense(kernel)
+    assert not f.is_2_4 and not f.tensor_core_eligible
+
+
+@pytest.mark.parametrize("cin,eligible", [(32, True), (48, False), (64, True), (16, False)])
+def test_tensor_cores_need_32_input_channels_per_step(rng, cin, eligible):
+    f = CsrFilter.from_dense(pruned_models.kernel_2_4(rng, (3, 3, cin, 8)))
+    assert f.is_2_4 and f.tensor_core_eligible == eligible
+
+
+def test_tensor_cores_need_the_2_4_pattern(rng):
+    kernel = pruned_models.kernel_2_4(rng, (3, 3, 32, 8))
+    kernel[0, 0, :3, 0] = 1.0
+    f = CsrFilter.from_dense(kernel)
+    assert not f.is_2_4 and not f.tensor_core_eligible
+
+
+def test_stored_zeros_count_as_in_the_gpu_kernel():
+    f = CsrFilter([0, 3], [0, 1, 2], np.float32([1.0, 0.0, 2.0]), (1, 1, 4, 1))
+    assert not f.is_2_4
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(hnp.arrays(
+    np.float32, st.tuples(st.integers(1, 3), st.integers(1, 3), st.sampled_from([4, 8, 6]),
+                          st.integers(1, 4)),
+    elements=st.sampled_from([0.0, 0.0, 0.0, 1.0])))
+def test_is_2_4_matches_the_definition(kernel):
+    assert CsrFilter.from_dense(kernel).is_2_4 == is_2_4_dense(kernel)

@@ -181,6 +181,7 @@ def test_unsupported_layers_are_refused_with_the_reason(layer, match):
     pytest.param(dict(strides=(1, 0)), "strides", id="strides_zero"),
     pytest.param(dict(kernel_size=(3, 3, 3)), "kernel_size", id="kernel_size_rank"),
     pytest.param(dict(data_format="NHWC"), "data_format", id="data_format_tf_style"),
+    pytest.param(dict(engine="TENSOR_CORES_2_4"), "engine must be one of", id="engine_upper"),
 ])
 def test_constructor_rejects(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -196,3 +197,41 @@ def test_build_rejects_other_input_channels(rng):
 def test_csr_filter_needs_a_built_layer():
     with pytest.raises(ValueError, match="not built"):
         SparseConv2D(4, 3, nnz=0).csr_filter
+
+
+def _engine_attrs(layer, x):
+    graph = tf.function(layer.__call__).get_concrete_function(
+        tf.TensorSpec(x.shape, tf.float32)).graph
+    return [op.get_attr("engine") for op in graph.get_operations()
+            if op.type == "Escort>CsrConv2D"]
+
+
+@pytest.mark.parametrize("engine", ["cuda_cores", "tensor_cores_2_4"])
+def test_engine_round_trips_through_config_and_saving(rng, tmp_path, engine):
+    case = CASES["relu_same"]
+    sparse = SparseConv2D.from_conv2d(pruned_conv(case, rng), engine=engine)
+    x = inputs(rng, case)
+    assert sparse.get_config()["engine"] == engine
+    assert _engine_attrs(sparse, x) == [engine.upper().encode()]
+    clone = SparseConv2D.from_config(sparse.get_config())
+    assert clone.engine == engine and _engine_attrs(clone, x) == [engine.upper().encode()]
+    model = _sequential(sparse, case)
+    model.save(str(tmp_path / "model.keras"))
+    loaded = tf_keras.models.load_model(str(tmp_path / "model.keras"))
+    assert loaded.layers[0].engine == engine
+    np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
+
+
+def test_config_without_engine_loads_as_auto(rng):
+    # Configs saved before the engine existed.
+    case = CASES["relu_same"]
+    sparse = SparseConv2D.from_conv2d(pruned_conv(case, rng))
+    x = inputs(rng, case)
+    y = sparse(x).numpy()
+    config = sparse.get_config()
+    assert config.pop("engine") == "auto"
+    old = SparseConv2D.from_config(config)
+    assert old.engine == "auto"
+    old.build(x.shape)
+    old.set_weights(sparse.get_weights())
+    np.testing.assert_array_equal(old(x).numpy(), y)

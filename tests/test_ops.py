@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import escort_tf
+import pruned_models
 from escort_tf import _loader
 
 
@@ -330,6 +331,11 @@ PYTHON_ERRORS = {
                  "input has 3 channels"),
     "bias_shape": (dict(bias=np.ones(3, np.float32)), ValueError, r"bias must have shape \[4\]"),
     "bias_dtype": (dict(bias=np.ones(4, np.float64)), TypeError, "bias is float64"),
+    "engine_upper_case": (dict(engine="AUTO"), ValueError,
+                          "engine must be one of 'auto', 'cuda_cores', 'tensor_cores_2_4', "
+                          "got 'AUTO'"),
+    "engine_unknown": (dict(engine="tensor_cores"), ValueError, "engine must be one of"),
+    "engine_none": (dict(engine=None), ValueError, "engine must be one of .*got None"),
 }
 
 
@@ -375,3 +381,45 @@ def test_gpu_kernel_registration_matches_build_flavour():
     expected_gpu = os.environ.get("ESCORT_TF_EXPECT_CUDA")
     if expected_gpu is not None:
         assert ("GPU" in devices) == (expected_gpu == "1")
+
+
+# --- engine: which GPU kernel; the CPU runs one kernel for all of them. -------
+
+@pytest.mark.parametrize("engine", escort_tf.ops.ENGINES)
+def test_engine_is_passed_to_the_op_in_upper_case(engine):
+    csr = small_filter()
+    conv = tf.function(lambda x: escort_tf.sparse_conv2d(x, csr, engine=engine))
+    graph = conv.get_concrete_function(tf.TensorSpec([1, 4, 4, 2], tf.float32)).graph
+    (op,) = [op for op in graph.get_operations() if op.type == "Escort>CsrConv2D"]
+    assert op.get_attr("engine") == engine.upper().encode()
+
+
+def test_op_rejects_an_unknown_engine_attr():
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="engine"):
+        raw_op(engine="FASTEST")
+
+
+@pytest.mark.parametrize("pattern", ["2_4", "unstructured"])
+# Half precision is summed in float32 and rounded once: at most half an ulp.
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 1e-5), (tf.float16.as_numpy_dtype, 2**-11),
+                                        (tf.bfloat16.as_numpy_dtype, 2**-8)],
+                         ids=["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("engine", escort_tf.ops.ENGINES)
+def test_every_engine_matches_tf_conv2d_on_cpu(engine, dtype, rtol, pattern, rng):
+    # Even "tensor_cores_2_4" with a filter it could not take on a GPU: the
+    # CPU ignores the engine, so a graph pinned to one still runs here.
+    shape = (3, 3, 32, 8)
+    kernel = (pruned_models.kernel_2_4(rng, shape) if pattern == "2_4" else
+              rng.standard_normal(shape) * (rng.random(shape) < 0.6)).astype(dtype)
+    x = rng.standard_normal((2, 7, 6, 32)).astype(dtype)
+    bias = rng.standard_normal(8).astype(dtype)
+    with tf.device("/CPU:0"):
+        y = escort_tf.sparse_conv2d(x, escort_tf.CsrFilter.from_dense(kernel), bias=bias,
+                                    activation="relu", engine=engine).numpy()
+        expected = tf.nn.relu(tf.nn.conv2d(x.astype(np.float32), kernel.astype(np.float32), 1,
+                                           "SAME") + bias.astype(np.float32)).numpy()
+    assert y.dtype == dtype
+    # Plus float32 summation in another order than tf.nn.conv2d's.
+    scale = np.abs(x.astype(np.float32)).max() * np.abs(kernel.astype(np.float32)).sum(
+        axis=(0, 1, 2)).max()
+    np.testing.assert_allclose(y.astype(np.float32), expected, rtol=rtol, atol=1e-5 * scale)
