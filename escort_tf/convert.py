@@ -3,11 +3,12 @@
 The model is rebuilt with `tf_keras.models.clone_model(clone_function=...)`:
 each `Conv2D` (bare or inside a TFMOT `PruneLowMagnitude` wrapper) whose
 kernel, times its pruning mask, is at least `min_sparsity` zeros becomes a
-`SparseConv2D`; every other layer is cloned dense with its (masked) weights,
-and pruning wrappers are stripped. Unsupported layers are kept dense with the
-reason logged on the "escort_tf" logger and recorded in a `ConversionReport`.
-With `fold_batch_norm=True` batch norms and ReLUs are then folded into the
-convolutions before them (`escort_tf.fold`).
+`SparseConv2D`, and so does one that can run on the GPU's 2:4 sparse tensor
+cores (`convert`'s docstring has the rule); every other layer is cloned dense
+with its (masked) weights, and pruning wrappers are stripped. Unsupported
+layers are kept dense with the reason logged on the "escort_tf" logger and
+recorded in a `ConversionReport`. With `fold_batch_norm=True` batch norms and
+ReLUs are then folded into the convolutions before them (`escort_tf.fold`).
 
 Example:
 
@@ -28,9 +29,10 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from escort_tf.csr import TENSOR_CORE_CHANNELS, CsrFilter
 from escort_tf.fold import fold_batch_norm as _fold_batch_norm
 from escort_tf.layers import SparseConv2D, unsupported_reason
-from escort_tf.timing import time_side_by_side
+from escort_tf.timing import time_side_by_side, wait_for
 
 logger = logging.getLogger("escort_tf")
 
@@ -45,6 +47,9 @@ _KERAS3_MESSAGE = (
 # enough for a stable median on a quiet machine, few enough that tracing and
 # warm-up, not timing, bound a layer's cost.
 _AUTOTUNE_REPS = 10
+
+# Compute dtypes the 2:4 tensor-core kernel takes.
+_TENSOR_CORE_DTYPES = (tf.float16, tf.bfloat16)
 
 
 def is_pruning_wrapper(layer) -> bool:
@@ -70,7 +75,19 @@ class LayerReport:
         sparsity: fraction of zero weights in `kernel * mask`, or None.
         decision: "sparse" (now a `SparseConv2D`) or "dense".
         reason: why, in words.
-        sparse_ms: autotune's median time of the sparse layer, if measured.
+        structure: "2:4" if `kernel * mask` is 2:4 along the input channels
+            (`CsrFilter.is_2_4`), else None; only set for a `Conv2D` that the
+            op supports.
+        engine: for a sparse layer, its GPU kernel: "tensor_cores_2_4" (the
+            `SparseConv2D` gets engine "auto", which takes the sparse tensor
+            cores where the GPU has them and the CSR kernel elsewhere) or
+            "cuda_cores" (the CSR kernel); None for a dense layer. Autotune on
+            a GPU sets the fastest variant that ran there. The CPU runs its one
+            kernel whatever this says.
+        sparse_ms: autotune's median time of the sparse layer on CUDA cores
+            (on a CPU: the CPU kernel), if measured.
+        tensor_cores_ms: autotune's median time of the sparse layer on 2:4
+            tensor cores, if measured.
         dense_ms: autotune's median time of the dense layer, if measured.
         folded: names of the layers `fold_batch_norm=True` folded into this
             one (a BatchNormalization, a ReLU), in order.
@@ -82,7 +99,10 @@ class LayerReport:
     sparsity: Optional[float]
     decision: str
     reason: str
+    structure: Optional[str] = None
+    engine: Optional[str] = None
     sparse_ms: Optional[float] = None
+    tensor_cores_ms: Optional[float] = None
     dense_ms: Optional[float] = None
     folded: Tuple[str, ...] = ()
 
@@ -113,17 +133,22 @@ class ConversionReport:
         raise KeyError(f"no layer named {name!r} in the report; have {[r.name for r in self.rows]}")
 
     def __str__(self):
-        def cell(value, fmt):
+        def cell(value, fmt=""):
             return "-" if value is None else format(value, fmt)
 
-        header = ("layer", "type", "kernel shape", "sparsity", "decision", "sparse ms",
-                  "dense ms", "reason")
+        header = ("layer", "type", "kernel shape", "sparsity", "structure", "decision",
+                  "engine", "sparse ms", "2:4 ms", "dense ms", "reason")
         lines = [header] + [
-            (r.name, r.layer_type, cell(r.kernel_shape and "x".join(map(str, r.kernel_shape)), "s"),
-             cell(r.sparsity, ".1%"), r.decision, cell(r.sparse_ms, ".3f"),
-             cell(r.dense_ms, ".3f"), r.reason)
+            (r.name, r.layer_type, cell(r.kernel_shape and "x".join(map(str, r.kernel_shape))),
+             cell(r.sparsity, ".1%"), cell(r.structure), r.decision, cell(r.engine),
+             cell(r.sparse_ms, ".3f"), cell(r.tensor_cores_ms, ".3f"), cell(r.dense_ms, ".3f"),
+             r.reason)
             for r in self.rows]
-        widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+        # Columns with nothing to show (no 2:4 layer, no autotune timings) are left out.
+        shown = [i for i in range(len(header)) if i == len(header) - 1 or not self.rows
+                 or any(line[i] != "-" for line in lines[1:])]
+        lines = [[line[i] for i in shown] for line in lines]
+        widths = [max(len(line[i]) for line in lines) for i in range(len(shown) - 1)]
         return "\n".join(
             "  ".join(col.ljust(w) for col, w in zip(line, widths)) + "  " + line[-1]
             for line in lines)
@@ -182,6 +207,20 @@ def _layer_input_shape(layer):
         return None  # never called, or called on several tensors at once
 
 
+def _tensor_core_obstacles(inner, csr):
+    """What keeps a supported `Conv2D` with a 2:4 filter off the tensor cores, in words."""
+    obstacles = []
+    if tf.as_dtype(inner.compute_dtype) not in _TENSOR_CORE_DTYPES:
+        obstacles.append(f"a float16/bfloat16 compute dtype (a mixed_float16 or mixed_bfloat16 "
+                         f"policy), not {inner.compute_dtype}")
+    if not csr.tensor_core_eligible:  # the filter is 2:4: its input channels are the problem
+        obstacles.append(f"input channels a multiple of {TENSOR_CORE_CHANNELS}, "
+                         f"not {csr.filter_shape[2]}")
+    if inner.data_format != "channels_last":
+        obstacles.append(f"channels_last, not {inner.data_format}")
+    return obstacles
+
+
 def _plan(layer, min_sparsity):
     if isinstance(layer, tf_keras.Model):
         return _Plan(layer, [], row=LayerReport(
@@ -202,11 +241,27 @@ def _plan(layer, min_sparsity):
         reason = f"input is not a single 4-D tensor (shape {input_shape})"
     if reason is not None:
         row.reason = reason
+        return plan
+    csr = CsrFilter.from_dense(kernel)
+    obstacles = None
+    if csr.is_2_4:
+        row.structure = "2:4"
+        obstacles = _tensor_core_obstacles(inner, csr)
+    if obstacles == []:
+        # TFMOT's 2:4 kernels are 50% sparse, too little for the CSR kernel,
+        # but sparse tensor cores run them at up to twice the dense rate:
+        # min_sparsity, the CSR kernel's threshold, does not apply.
+        row.decision, row.engine = "sparse", "tensor_cores_2_4"
+        row.reason = (f"2:4 in {inner.compute_dtype}: sparse tensor cores (engine auto), "
+                      f"regardless of min_sparsity")
     elif sparsity < min_sparsity:
         row.reason = f"sparsity {sparsity:.1%} < min_sparsity {min_sparsity:.1%}"
     else:
-        row.decision = "sparse"
+        row.decision, row.engine = "sparse", "cuda_cores"
         row.reason = f"sparsity {sparsity:.1%} >= min_sparsity {min_sparsity:.1%}"
+    if obstacles:
+        row.reason += "; 2:4, but tensor cores need " + " and ".join(obstacles)
+    if row.decision == "sparse":
         plan.input_shape = input_shape
     return plan
 
@@ -216,8 +271,36 @@ def _from_config(layer):
     return layer.__class__.from_config(layer.get_config())
 
 
-def _sparse_clone(plan):
-    return SparseConv2D.from_conv2d(plan.inner, mask=plan.kernel != 0)
+def _sparse_clone(plan, engine):
+    return SparseConv2D.from_conv2d(plan.inner, mask=plan.kernel != 0, engine=engine)
+
+
+def _layer_engine(row):
+    """The `SparseConv2D` engine that runs a sparse row's `engine` on the GPU.
+
+    "auto" rather than "tensor_cores_2_4": it takes the tensor cores where
+    they exist and falls back to the CSR kernel on older GPUs instead of failing.
+    """
+    return "auto" if row.engine == "tensor_cores_2_4" else "cuda_cores"
+
+
+def _has_gpu():
+    """Whether autotune's calls run on a GPU: on the CPU every engine is the same kernel."""
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def _op_message(error):
+    """The op's own message of an `OpError`, its first line.
+
+    A failed `tf.function` call says "Graph execution error:" first, and may
+    add where the node was defined; the op's message comes just before TF's
+    "[[{{node ...}}]]" marker.
+    """
+    lines = error.message.splitlines()
+    for before, line in zip(lines, lines[1:]):
+        if "[[{{node" in line and before.strip():
+            return before.strip()
+    return lines[0] if lines else ""
 
 
 def _progress(items, desc):
@@ -236,6 +319,7 @@ def _progress(items, desc):
 
 def _autotune(plans, batch_size, budget_s):
     candidates = [p for p in plans if p.row is not None and p.row.decision == "sparse"]
+    on_gpu = _has_gpu()
     for plan in _progress(candidates, "escort_tf autotune"):
         row, shape = plan.row, plan.input_shape[1:]
         if not shape.is_fully_defined():
@@ -245,33 +329,81 @@ def _autotune(plans, batch_size, budget_s):
         dense = _from_config(plan.inner)
         dense.build(x.shape)
         dense.set_weights(plan.weights)
+        engines, notes = ["cuda_cores"], []
+        if row.engine == "tensor_cores_2_4":
+            if on_gpu:
+                engines.append("tensor_cores_2_4")
+            else:
+                notes.append("tensor_cores_2_4 not timed: no GPU")
         # Graphs, as in a model: eager calls would time Python and op dispatch.
-        calls = {"sparse": tf.function(_sparse_clone(plan).__call__),
+        # Sparse variants first: on a tie, min() below keeps the sparse layer.
+        calls = {**{engine: tf.function(_sparse_clone(plan, engine).__call__)
+                    for engine in engines},
                  "dense": tf.function(dense.__call__)}
-        try:
-            times = time_side_by_side({name: lambda call=call: call(x)
-                                       for name, call in calls.items()},
-                                      reps=_AUTOTUNE_REPS, warmup=2, budget_s=budget_s)
-        except tf.errors.OpError as e:  # e.g. a variant this device has no kernel for
-            row.reason += f"; autotune failed, kept: {e.message.splitlines()[0]}"
+        fns = {name: lambda call=call: call(x) for name, call in calls.items()}
+        for name in list(fns):
+            try:  # the first call traces; a variant this device has no kernel for fails here
+                wait_for(fns[name]())
+            except tf.errors.OpError as e:
+                notes.append(f"{name} failed: {_op_message(e)}")
+                del fns[name]
+        times = None
+        if len(fns) > 1:
+            try:
+                times = time_side_by_side(fns, reps=_AUTOTUNE_REPS, warmup=1, budget_s=budget_s)
+            except tf.errors.OpError as e:
+                notes.append(_op_message(e))
+        if times is None:
+            row.reason += f"; autotune failed, kept: {notes[-1]}"
             continue
-        row.sparse_ms, row.dense_ms = times["sparse"]["median_ms"], times["dense"]["median_ms"]
-        row.decision = "sparse" if row.sparse_ms <= row.dense_ms else "dense"
-        row.reason = (f"autotune: sparse {row.sparse_ms:.3f} ms vs dense {row.dense_ms:.3f} ms "
-                      f"at batch {batch_size}")
+        median = {name: t["median_ms"] for name, t in times.items()}
+        row.sparse_ms = median.get("cuda_cores")
+        row.tensor_cores_ms = median.get("tensor_cores_2_4")
+        row.dense_ms = median.get("dense")
+        fastest = min(median, key=median.get)
+        if fastest == "dense":
+            row.decision, row.engine = "dense", None
+        elif on_gpu:  # on a CPU the rule's engine stands: the GPU kernels were not compared
+            row.engine = fastest
+        row.reason = (f"autotune at batch {batch_size}: "
+                      + ", ".join(f"{name} {ms:.3f} ms" for name, ms in median.items())
+                      + "".join(f"; {note}" for note in notes))
 
 
 def convert(model, min_sparsity=0.5, autotune=False, *, autotune_batch_size=1,
             autotune_budget_s=1.0, fold_batch_norm=False, return_report=False):
     """Returns a copy of `model` whose sparse enough `Conv2D` layers run on the sparse op.
 
+    Each `Conv2D` the op supports (`escort_tf.layers.unsupported_reason`) is
+    kept dense or becomes a `SparseConv2D` whose `engine` picks the GPU kernel
+    (the CPU has one kernel):
+
+    * 2:4 on tensor cores: a masked kernel that is 2:4 along the input
+      channels (`CsrFilter.is_2_4`, as TFMOT's `sparsity_m_by_n=(2, 4)`
+      prunes), with input channels a multiple of 32, `channels_last`, and a
+      float16 or bfloat16 compute dtype (a `mixed_float16`/`mixed_bfloat16`
+      policy) becomes sparse with engine "auto", regardless of `min_sparsity`:
+      on a GPU of compute capability 8.0+ it runs on sparse tensor cores,
+      elsewhere on the CSR kernel. A 2:4 layer that misses one of the other
+      conditions follows the next rule, and its reason says what is missing.
+    * CSR on CUDA cores: any other kernel with at least `min_sparsity` zeros
+      becomes sparse with engine "cuda_cores".
+    * Dense otherwise.
+
+    With `autotune=True` each sparse layer is then timed on this device as a
+    dense `Conv2D`, on the CSR kernel and, on a GPU and where the first rule
+    applies, on tensor cores; the fastest wins (engine "auto" for tensor
+    cores, "cuda_cores" for the CSR kernel). A variant that fails (a GPU
+    without sparse tensor cores) is left out of the comparison. On a CPU
+    the GPU kernels can't be compared, so the rule's engine stays.
+
     Args:
         model: a built Sequential or functional tf_keras model, pruning-wrapped
             (`tfmot.sparsity.keras.prune_low_magnitude`) or stripped. It is not modified.
         min_sparsity: a `Conv2D` whose masked kernel has at least this fraction
             of zeros becomes a `SparseConv2D`.
-        autotune: if True, time each such layer sparse and dense on this device
-            with its input shape from the model and keep the faster.
+        autotune: if True, time each sparse layer's variants on this device
+            with its input shape from the model and keep the fastest.
         autotune_batch_size: batch size autotune times with.
         autotune_budget_s: time budget per layer for autotune's timed calls,
             after two warm-up calls of each variant (the first traces it): up
@@ -281,7 +413,8 @@ def convert(model, min_sparsity=0.5, autotune=False, *, autotune_batch_size=1,
             that then follows into its activation (see `escort_tf.fold`). Kept
             layers keep their names; the report lists what was folded. The
             batch norms then compute their inference mode even in training calls.
-        return_report: if True, return `(model, ConversionReport)`.
+        return_report: if True, return `(model, ConversionReport)`; each row
+            has the decision, the engine, the 2:4 structure and the reason.
 
     Returns:
         The new tf_keras model (uncompiled), or `(model, report)`. Its outputs
@@ -322,7 +455,7 @@ def convert(model, min_sparsity=0.5, autotune=False, *, autotune_batch_size=1,
         if isinstance(layer, tf_keras.Model):
             return clone_nested(layer)
         if plan.row is not None and plan.row.decision == "sparse":
-            return _sparse_clone(plan)
+            return _sparse_clone(plan, _layer_engine(plan.row))
         return dense_clone(plan.inner, plan.weights)
 
     converted = tf_keras.models.clone_model(model, clone_function=clone)

@@ -95,13 +95,16 @@ MODELS = {
 }
 
 
-def wrap_for_pruning(model, schedule_of: Callable[[object], object]):
+def wrap_for_pruning(model, schedule_of: Callable[[object], object], **prune_kwargs):
     """Wraps chosen layers of `model` in TFMOT `prune_low_magnitude`, keeping weights.
 
     Args:
         model: a built functional or Sequential tf_keras model (not modified).
         schedule_of: layer -> a TFMOT `PruningSchedule`, or None to leave the
             layer unwrapped.
+        **prune_kwargs: more `prune_low_magnitude` arguments for every wrapped
+            layer, e.g. `sparsity_m_by_n=(2, 4)` (TFMOT then sets the masks at
+            the first training step and ignores the schedule).
 
     Returns:
         The pruning-wrapped copy, holding `model`'s weights; train it with the
@@ -120,7 +123,8 @@ def wrap_for_pruning(model, schedule_of: Callable[[object], object]):
         schedule = schedule_of(layer)
         if schedule is None:
             return copy
-        return tfmot.sparsity.keras.prune_low_magnitude(copy, pruning_schedule=schedule)
+        return tfmot.sparsity.keras.prune_low_magnitude(copy, pruning_schedule=schedule,
+                                                        **prune_kwargs)
 
     wrapped = tf_keras.models.clone_model(model, clone_function=clone)
     originals = {layer.name: layer for layer in model.layers}

@@ -1,5 +1,6 @@
 """convert / convert_checkpoint: the masked dense model's outputs, on the sparse op."""
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -396,3 +397,173 @@ def test_convert_checkpoint_without_a_checkpoint(tmp_path, where):
     path = tmp_path / "nothing" if where == "missing_prefix" else tmp_path
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         escort_tf.convert_checkpoint(pruned_models.sequential(), path)
+
+
+# --- 2:4 structured sparsity: sparse tensor cores under a half-precision policy. ---
+
+@contextlib.contextmanager
+def global_policy(name):
+    tf_keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        tf_keras.mixed_precision.set_global_policy("float32")
+
+
+def _model_2_4(rng, policy):
+    """Layers "tc" (2:4, 32 input channels), "cin16" (2:4, 16) and "csr" (95% sparse, not 2:4)."""
+    with global_policy(policy):
+        x = tf_keras.Input((6, 6, 32))
+        y = L.Conv2D(16, 3, padding="same", activation="relu", name="tc")(x)
+        y = L.Conv2D(16, 1, name="cin16")(y)
+        y = L.Conv2D(4, 3, padding="same", name="csr")(y)
+        model = tf_keras.Model(x, L.Activation("linear", dtype="float32")(y))
+    model.get_layer("tc").kernel.assign(pruned_models.kernel_2_4(rng, (3, 3, 32, 16)))
+    model.get_layer("cin16").kernel.assign(pruned_models.kernel_2_4(rng, (1, 1, 16, 16)))
+    csr = rng.standard_normal((3, 3, 16, 4)) * (rng.random((3, 3, 16, 4)) < 0.05)
+    csr[1, 1, :4, 0] = 1.0  # one full group of 4: not 2:4
+    model.get_layer("csr").kernel.assign(csr.astype(np.float32))
+    return model
+
+
+@pytest.mark.parametrize("min_sparsity", [0.5, 0.9])
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_2_4_layer_in_half_precision_goes_to_tensor_cores(rng, policy, min_sparsity):
+    model = _model_2_4(rng, policy)
+    converted, report = escort_tf.convert(model, min_sparsity=min_sparsity, return_report=True)
+    tc = report["tc"]
+    assert (tc.decision, tc.structure, tc.engine) == ("sparse", "2:4", "tensor_cores_2_4")
+    assert "regardless of min_sparsity" in tc.reason
+    assert converted.get_layer("tc").engine == "auto"
+    # 2:4, but 16 input channels: the CSR kernel, if sparse enough.
+    cin16 = report["cin16"]
+    assert cin16.structure == "2:4"
+    assert "tensor cores need input channels a multiple of 32, not 16" in cin16.reason
+    assert cin16.decision == ("sparse" if min_sparsity == 0.5 else "dense")
+    assert report["csr"].structure is None and report["csr"].engine == "cuda_cores"
+    assert converted.get_layer("csr").engine == "cuda_cores"
+    header, tc_line = str(report).splitlines()[:2]
+    assert "structure" in header and "engine" in header and "sparse ms" not in header
+    assert tc_line.split()[4:7] == ["2:4", "sparse", "tensor_cores_2_4"]
+    x = rng.standard_normal((2, 6, 6, 32)).astype(np.float32)
+    np.testing.assert_allclose(converted(x).numpy(), model(x).numpy(), rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("min_sparsity", [0.5, 0.9])
+def test_2_4_layer_in_float32_follows_min_sparsity(rng, min_sparsity):
+    model = _model_2_4(rng, "float32")
+    converted, report = escort_tf.convert(model, min_sparsity=min_sparsity, return_report=True)
+    tc = report["tc"]
+    assert tc.structure == "2:4"
+    assert ("tensor cores need a float16/bfloat16 compute dtype (a mixed_float16 or "
+            "mixed_bfloat16 policy), not float32") in tc.reason
+    if min_sparsity == 0.5:
+        assert (tc.decision, tc.engine) == ("sparse", "cuda_cores")
+        assert converted.get_layer("tc").engine == "cuda_cores"
+    else:
+        assert (tc.decision, tc.engine) == ("dense", None)
+        assert "< min_sparsity 90.0%" in tc.reason
+    x = rng.standard_normal((2, 6, 6, 32)).astype(np.float32)
+    np.testing.assert_allclose(converted(x).numpy(), model(x).numpy(), **TOL)
+
+
+@pytest.mark.parametrize("policy,cin,data_format,missing", [
+    pytest.param("float32", 32, "channels_last", "a float16/bfloat16 compute dtype",
+                 id="float32"),
+    pytest.param("mixed_float16", 48, "channels_last", "input channels a multiple of 32, not 48",
+                 id="cin48"),
+    pytest.param("mixed_float16", 32, "channels_first", "channels_last, not channels_first",
+                 id="channels_first"),
+    pytest.param("float32", 8, "channels_first",
+                 "a float16/bfloat16 compute dtype (a mixed_float16 or mixed_bfloat16 policy), "
+                 "not float32 and input channels a multiple of 32, not 8 and channels_last, not "
+                 "channels_first", id="all_three"),
+])
+def test_2_4_layer_says_what_keeps_it_off_the_tensor_cores(rng, policy, cin, data_format,
+                                                           missing):
+    shape = (cin, 5, 5) if data_format == "channels_first" else (5, 5, cin)
+    with global_policy(policy):
+        model = tf_keras.Sequential([tf_keras.Input(shape),
+                                     L.Conv2D(8, 3, data_format=data_format, name="conv")])
+    model.get_layer("conv").kernel.assign(pruned_models.kernel_2_4(rng, (3, 3, cin, 8)))
+    converted, report = escort_tf.convert(model, return_report=True)
+    row = report["conv"]
+    assert (row.structure, row.decision, row.engine) == ("2:4", "sparse", "cuda_cores")
+    assert f"2:4, but tensor cores need {missing}" in row.reason
+    assert converted.get_layer("conv").engine == "cuda_cores"
+
+
+def test_autotune_on_cpu_leaves_the_tensor_cores_untimed(rng):
+    converted, report = escort_tf.convert(_model_2_4(rng, "mixed_float16"), autotune=True,
+                                          autotune_budget_s=0.05, return_report=True)
+    tc = report["tc"]
+    assert tc.sparse_ms > 0 and tc.dense_ms > 0 and tc.tensor_cores_ms is None
+    assert tc.reason.endswith("; tensor_cores_2_4 not timed: no GPU")
+    # The CPU compared the CPU kernel with dense; the engine for GPUs stays the rule's.
+    if tc.decision == "sparse":
+        assert tc.engine == "tensor_cores_2_4" and converted.get_layer("tc").engine == "auto"
+
+
+def _pretend_gpu(monkeypatch):
+    monkeypatch.setattr(sys.modules["escort_tf.convert"], "_has_gpu", lambda: True)
+
+
+@pytest.mark.parametrize("fastest,decision,engine,layer_engine", [
+    ("tensor_cores_2_4", "sparse", "tensor_cores_2_4", "auto"),
+    ("cuda_cores", "sparse", "cuda_cores", "cuda_cores"),
+    ("dense", "dense", None, None),
+])
+def test_autotune_on_gpu_keeps_the_fastest_of_three(rng, monkeypatch, fastest, decision, engine,
+                                                    layer_engine):
+    timed = {}
+
+    def fake_times(fns, **kwargs):
+        timed[len(timed)] = list(fns)
+        return {name: {"median_ms": 1.0 if name == fastest else 2.0} for name in fns}
+
+    _pretend_gpu(monkeypatch)
+    monkeypatch.setattr(sys.modules["escort_tf.convert"], "time_side_by_side", fake_times)
+    converted, report = escort_tf.convert(_model_2_4(rng, "mixed_float16"), autotune=True,
+                                          return_report=True)
+    # Layer order: tc, cin16, csr; only tc can run on tensor cores.
+    assert timed == {0: ["cuda_cores", "tensor_cores_2_4", "dense"],
+                     1: ["cuda_cores", "dense"], 2: ["cuda_cores", "dense"]}
+    tc = report["tc"]
+    assert (tc.decision, tc.engine) == (decision, engine)
+    assert (tc.sparse_ms, tc.tensor_cores_ms, tc.dense_ms) == tuple(
+        1.0 if name == fastest else 2.0 for name in ("cuda_cores", "tensor_cores_2_4", "dense"))
+    assert tc.reason == ("autotune at batch 1: " + ", ".join(
+        f"{name} {1.0 if name == fastest else 2.0:.3f} ms"
+        for name in ("cuda_cores", "tensor_cores_2_4", "dense")))
+    assert getattr(converted.get_layer("tc"), "engine", None) == layer_engine
+    line = next(l for l in str(report).splitlines() if l.startswith("tc "))
+    assert "2:4" in line and "1.000" in line
+
+
+def test_autotune_skips_a_tensor_core_variant_that_fails(rng, monkeypatch):
+    real = escort_tf.ops.csr_conv2d
+
+    def no_tensor_cores(*args, engine="auto", **kwargs):
+        # Fails when the graph runs, as the op does on a GPU without them.
+        outputs = real(*args, engine=engine, **kwargs)
+        if engine != "tensor_cores_2_4":
+            return outputs
+        check = tf.debugging.Assert(False, ["this GPU has no sparse tensor cores"])
+        with tf.control_dependencies([check]):
+            return tf.identity(outputs)
+
+    _pretend_gpu(monkeypatch)
+    monkeypatch.setattr(escort_tf.ops, "csr_conv2d", no_tensor_cores)
+    model = _model_2_4(rng, "mixed_float16")
+    converted, report = escort_tf.convert(model, autotune=True, autotune_budget_s=0.05,
+                                          return_report=True)
+    tc = report["tc"]
+    assert tc.sparse_ms > 0 and tc.dense_ms > 0 and tc.tensor_cores_ms is None
+    assert tc.reason.endswith(
+        "; tensor_cores_2_4 failed: assertion failed: [this GPU has no sparse tensor cores]")
+    # What ran here wins: the CSR kernel is pinned, since "auto" would pick the failing one.
+    assert tc.engine == ("cuda_cores" if tc.decision == "sparse" else None)
+    if tc.decision == "sparse":
+        assert converted.get_layer("tc").engine == "cuda_cores"
+    x = rng.standard_normal((2, 6, 6, 32)).astype(np.float32)
+    np.testing.assert_allclose(converted(x).numpy(), model(x).numpy(), rtol=5e-2, atol=5e-2)
