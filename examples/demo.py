@@ -7,7 +7,13 @@ strips the wrappers and converts the model with `escort_tf.convert`. Accuracy
 must be identical; prediction time is compared; the converted model goes
 through a SavedModel round trip.
 
-Part 2 times a ResNet-50 (tf_keras.applications, random weights) pruned to
+Part 2 prunes the same CNN to 2:4 structured sparsity with TFMOT
+(`sparsity_m_by_n=(2, 4)`) while fine-tuning and converts it under a
+`mixed_float16` policy: its 2:4 layers get the engine that runs them on a
+GPU's sparse tensor cores. The converted accuracy must be within 0.5 points
+of the pruned model's.
+
+Part 3 times a ResNet-50 (tf_keras.applications, random weights) pruned to
 SkimCaffe-like per-layer sparsity, dense vs converted, with the helpers of
 `escort_tf.skimcaffe_models` and `escort_tf.model_timing`; and converted with
 its batch norms and ReLUs folded into the convolutions (`convert(...,
@@ -36,6 +42,12 @@ import escort_tf  # noqa: E402  (also registers the op for SavedModel loading)
 from escort_tf import fold, model_timing, skimcaffe_models  # noqa: E402
 
 TARGET_SPARSITY = 0.90
+# The layers Part 2 prunes 2:4: their 32, 64 and 128 input channels suit the
+# tensor-core kernel (multiples of 32). conv1's single input channel can't be
+# 2:4: TFMOT would keep 2 of every 3 channels (here: the one it has).
+LAYERS_2_4 = ("conv2", "conv3", "conv4")
+# Part 2's bound on the accuracy lost by converting, as a fraction.
+MAX_ACCURACY_LOSS_2_4 = 0.005
 L = tf_keras.layers
 
 
@@ -61,18 +73,24 @@ def load_digits_images(upsample=2, seed=0):
                             stratify=digits.target)
 
 
-def build_cnn(image_size=16):
-    """A small VGG-style CNN; conv2..conv4 carry nearly all of its multiply-adds."""
+def build_cnn(image_size=16, dtype=None):
+    """A small VGG-style CNN; conv2..conv4 carry nearly all of its multiply-adds.
+
+    Args:
+        image_size: height and width of the input images.
+        dtype: every layer's dtype policy, e.g. "mixed_float16"; None takes
+            the global policy.
+    """
     return tf_keras.Sequential([
         tf_keras.Input((image_size, image_size, 1)),
-        L.Conv2D(32, 3, padding="same", activation="relu", name="conv1"),
-        L.Conv2D(64, 3, padding="same", activation="relu", name="conv2"),
-        L.MaxPooling2D(name="pool1"),
-        L.Conv2D(128, 3, padding="same", activation="relu", name="conv3"),
-        L.Conv2D(128, 3, padding="same", activation="relu", name="conv4"),
-        L.MaxPooling2D(name="pool2"),
-        L.Flatten(name="flatten"),
-        L.Dense(10, name="logits"),
+        L.Conv2D(32, 3, padding="same", activation="relu", name="conv1", dtype=dtype),
+        L.Conv2D(64, 3, padding="same", activation="relu", name="conv2", dtype=dtype),
+        L.MaxPooling2D(name="pool1", dtype=dtype),
+        L.Conv2D(128, 3, padding="same", activation="relu", name="conv3", dtype=dtype),
+        L.Conv2D(128, 3, padding="same", activation="relu", name="conv4", dtype=dtype),
+        L.MaxPooling2D(name="pool2", dtype=dtype),
+        L.Flatten(name="flatten", dtype=dtype),
+        L.Dense(10, name="logits", dtype=dtype),
     ], name="digits_cnn")
 
 
@@ -86,6 +104,27 @@ def _compile(model, learning_rate):
 def accuracy(model, x, y):
     """Top-1 accuracy of `model`'s logits on `(x, y)`."""
     return float(np.mean(np.argmax(model.predict(x, batch_size=256, verbose=0), -1) == y))
+
+
+def train_dense(data, epochs=6, batch_size=32, verbose=2):
+    """Trains the CNN.
+
+    Args:
+        data: `(x_train, x_test, y_train, y_test)` from `load_digits_images`.
+        epochs: training epochs.
+        batch_size: training batch size.
+        verbose: Keras `fit` verbosity (2: one line per epoch).
+
+    Returns:
+        `(model, test_accuracy)`.
+    """
+    x_train, x_test, y_train, y_test = data
+    model = _compile(build_cnn(x_train.shape[1]), 2e-3)
+    step(f"training the dense CNN for {epochs} epochs on {len(x_train)} digits")
+    model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=verbose)
+    dense_accuracy = accuracy(model, x_test, y_test)
+    step(f"dense test accuracy {dense_accuracy:.2%}")
+    return model, dense_accuracy
 
 
 def train_and_prune(data, epochs=6, prune_epochs=6, batch_size=32, verbose=2):
@@ -106,12 +145,8 @@ def train_and_prune(data, epochs=6, prune_epochs=6, batch_size=32, verbose=2):
         `(dense_accuracy, pruned_model)`: the test accuracy before pruning and
         the stripped (plain tf_keras) pruned model.
     """
-    x_train, x_test, y_train, y_test = data
-    model = _compile(build_cnn(x_train.shape[1]), 2e-3)
-    step(f"training the dense CNN for {epochs} epochs on {len(x_train)} digits")
-    model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=verbose)
-    dense_accuracy = accuracy(model, x_test, y_test)
-    step(f"dense test accuracy {dense_accuracy:.2%}")
+    x_train, _, y_train, _ = data
+    model, dense_accuracy = train_dense(data, epochs, batch_size, verbose)
 
     steps_per_epoch = -(-len(x_train) // batch_size)
     schedule = tfmot.sparsity.keras.PolynomialDecay(
@@ -177,8 +212,63 @@ def run_digits(epochs=6, prune_epochs=6, timing_reps=5, verbose=2):
             "timing": timing, "reload_identical": bool(same)}
 
 
+def run_digits_2_4(policy="mixed_float16", epochs=6, fine_tune_epochs=3, upsample=2,
+                   batch_size=32, verbose=2):
+    """Part 2: digits CNN trained, pruned 2:4 while fine-tuning, converted under `policy`.
+
+    TFMOT's `sparsity_m_by_n=(2, 4)` keeps the 2 largest of every 4
+    consecutive input channels of `LAYERS_2_4`, at each tap and output
+    channel; it fixes the masks at the first fine-tuning step (it takes no
+    schedule). Training runs under the global policy; the stripped weights
+    then go into the same CNN built under `policy`, whose 2:4 layers
+    `escort_tf.convert` gives the engine for sparse tensor cores (float16 or
+    bfloat16 on a GPU of compute capability 8.0+; the CPU kernel elsewhere).
+
+    Args:
+        policy: the dtype policy of the converted model, e.g. "mixed_float16",
+            "mixed_bfloat16" or "float32" (which keeps the layers off the
+            tensor cores).
+        epochs: dense training epochs.
+        fine_tune_epochs: fine-tuning epochs under 2:4 pruning.
+        upsample: see `load_digits_images`.
+        batch_size: training batch size.
+        verbose: Keras `fit` verbosity.
+
+    Returns:
+        A dict: "pruned_accuracy" (the stripped model, under the global
+        policy), "converted_accuracy" (under `policy`), "is_2_4" (layer name
+        -> whether its converted filter is 2:4), "converted" (the model) and
+        "report" (its `ConversionReport`).
+    """
+    data = load_digits_images(upsample)
+    x_train, x_test, y_train, y_test = data
+    model, _ = train_dense(data, epochs, batch_size, verbose)
+    wrapped = _compile(skimcaffe_models.wrap_for_pruning(
+        model, lambda layer: (tfmot.sparsity.keras.ConstantSparsity(0.5, 0)
+                              if layer.name in LAYERS_2_4 else None),
+        sparsity_m_by_n=(2, 4)), 5e-4)
+    step(f"pruning {', '.join(LAYERS_2_4)} to 2:4 with TFMOT while fine-tuning "
+         f"{fine_tune_epochs} epochs")
+    wrapped.fit(x_train, y_train, batch_size=batch_size, epochs=fine_tune_epochs,
+                verbose=verbose, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    pruned = tfmot.sparsity.keras.strip_pruning(wrapped)
+
+    # A model's policy is fixed when its layers are built: rebuild, then copy.
+    served = build_cnn(x_train.shape[1], dtype=policy)
+    served.set_weights(pruned.get_weights())
+    converted, report = escort_tf.convert(served, return_report=True)
+    step(f"escort_tf.convert under {policy}:\n{report}")
+    is_2_4 = {name: converted.get_layer(name).csr_filter.is_2_4 for name in LAYERS_2_4}
+    pruned_accuracy = accuracy(pruned, x_test, y_test)
+    converted_accuracy = accuracy(converted, x_test, y_test)
+    step(f"test accuracy: pruned 2:4 {pruned_accuracy:.2%}, converted ({policy}) "
+         f"{converted_accuracy:.2%}; filters 2:4: {is_2_4}")
+    return {"pruned_accuracy": pruned_accuracy, "converted_accuracy": converted_accuracy,
+            "is_2_4": is_2_4, "converted": converted, "report": report}
+
+
 def run_resnet50(image_size=224, reps=2):
-    """Part 2: ResNet-50 pruned SkimCaffe-like, dense vs converted (and folded) timing."""
+    """Part 3: ResNet-50 pruned SkimCaffe-like, dense vs converted (and folded) timing."""
     step(f"ResNet-50 at {image_size}x{image_size}: building, pruning with TFMOT "
          f"(3x3 layers 85/93/97/98% in res2..res5), converting")
     dense, sparse, info = model_timing.prune_and_convert("resnet50", image_size,
@@ -207,6 +297,10 @@ def main(argv=None):
     digits = run_digits(epochs=3 if args.quick else 6, prune_epochs=3 if args.quick else 6,
                         timing_reps=3 if args.quick else 5)
     ok = digits["pruned_accuracy"] == digits["converted_accuracy"] and digits["reload_identical"]
+    sparse24 = run_digits_2_4(epochs=3 if args.quick else 6,
+                              fine_tune_epochs=2 if args.quick else 3)
+    ok = ok and all(sparse24["is_2_4"].values()) and (
+        sparse24["pruned_accuracy"] - sparse24["converted_accuracy"] <= MAX_ACCURACY_LOSS_2_4)
     if not args.skip_resnet:
         resnet = run_resnet50(image_size=112 if args.quick else 224)
         ok = ok and all(call["match"] for call in resnet["calls"])

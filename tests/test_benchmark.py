@@ -30,10 +30,6 @@ def _load(name, path):
     return module
 
 
-def _load_demo():
-    return _load("escort_demo", "examples/demo.py")
-
-
 harness = _load("escort_harness", "benchmarks/harness.py")
 
 
@@ -142,8 +138,7 @@ def test_resnet50_sparsity_is_skimcaffe_like():
     assert sum(v > 0 for v in levels.values()) == 52
 
 
-def test_prune_convert_and_bench_model_tiny():
-    demo = _load_demo()
+def test_prune_convert_and_bench_model_tiny(demo):
     model = demo.build_cnn(image_size=8)
     pruned, measured = skimcaffe_models.prune_like_skimcaffe(
         model, lambda layer: 0.9 if layer.name in ("conv2", "conv3", "conv4") else 0.0)
@@ -162,8 +157,7 @@ def test_prune_convert_and_bench_model_tiny():
         result["predict"]["dataset_dense_ms"] / result["predict"]["dataset_sparse_ms"])
 
 
-def test_uniform_sparsity_of_keeps_the_profiles_layers():
-    demo = _load_demo()
+def test_uniform_sparsity_of_keeps_the_profiles_layers(demo):
     model = demo.build_cnn(image_size=8)
     profile = {"conv2": 0.9, "conv3": 0.5}
     uniform = skimcaffe_models.uniform_sparsity_of(lambda layer: profile.get(layer.name, 0.0), 0.7)
@@ -189,8 +183,7 @@ def test_bench_cli_rejects_sparsity_in_layer_mode():
         benchmark.main(["--sparsity", "0.7"])
 
 
-def test_bench_models_uniform_sparsity_and_autotune_report(monkeypatch):
-    demo = _load_demo()
+def test_bench_models_uniform_sparsity_and_autotune_report(monkeypatch, demo):
     # A tiny stand-in for ResNet-50: the profile prunes conv2..conv4 to
     # different levels and leaves conv1 (1 input channel) dense.
     profile = {"conv2": 0.9, "conv3": 0.8, "conv4": 0.6}
@@ -279,8 +272,7 @@ def test_models_markdown_names_the_skimcaffe_profile_by_default():
             "| **3.00x** |") in markdown
 
 
-def test_demo_building_blocks(tmp_path):
-    demo = _load_demo()
+def test_demo_building_blocks(tmp_path, demo):
     x_train, x_test, y_train, y_test = demo.load_digits_images()
     assert x_train.shape[1:] == (16, 16, 1) and len(x_train) + len(x_test) == 1797
     subset = (x_train[:256], x_test[:64], y_train[:256], y_test[:64])
