@@ -9,6 +9,7 @@
 #   run_on_device.sh test    # tests/gpu, then the whole suite
 #   run_on_device.sh models [args]  # bench_models.py
 #   run_on_device.sh layers [args]  # bench.py (standalone kernel) + bench_layers.py
+#   run_on_device.sh sparse24 [args]  # the 2:4 kernel's own test, bench_sparse24.py
 # Logs and results go to $OUT (or ./gpu_tf_out). The op library is the one in
 # escort_tf/ when it was built elsewhere and carried, else it is built here.
 set -euo pipefail
@@ -23,7 +24,7 @@ env_ready() {
   export PYTHONPATH="$PWD:$PYTHONPATH"
 }
 
-case "${1:?usage: run_on_device.sh setup|test|models|layers}" in
+case "${1:?usage: run_on_device.sh setup|test|models|layers|sparse24}" in
   setup)
     mkdir -p /tmp/pl
     cat /tmp/x/p?? | tar -x -C /tmp/pl
@@ -71,6 +72,18 @@ tf.config.list_physical_devices('GPU'), 'escort_tf', escort_tf.__version__)"
     python3 benchmarks/gpu_tf/bench_layers.py --json "$OUT/gpu_tf_layers.json" \
       --md "$OUT/gpu_tf_layers.md" "${kernel_json[@]}" "$@" 2>&1 | tee "$OUT/layers.log" \
       | grep -v "^I0000\|^W0000" | tail -30
+    ;;
+  sparse24)
+    env_ready
+    shift
+    nvcc -std=c++17 -O2 -I. -gencode arch=compute_90,code=sm_90 \
+      cc/kernels/sparse24_conv_gpu_test.cu cc/kernels/sparse24_conv_gpu.cu \
+      cc/kernels/sparse24_conv.cc cc/kernels/csr_conv_reference.cc cc/kernels/csr_validate.cc \
+      -o /tmp/sparse24_conv_gpu_test && /tmp/sparse24_conv_gpu_test 100 5 2>&1 \
+      | tee "$OUT/sparse24_kernel_test.log" | tail -3
+    python3 benchmarks/gpu_tf/bench_sparse24.py --json "$OUT/gpu_tf_sparse24.json" \
+      --md "$OUT/gpu_tf_sparse24.md" "$@" 2>&1 | tee "$OUT/sparse24.log" \
+      | grep -v "^I0000\|^W0000" | tail -40
     ;;
   *) echo "unknown step $1" >&2; exit 2 ;;
 esac

@@ -1,0 +1,253 @@
+"""The 2:4 tensor-core path inside TensorFlow on the GPU, next to cuDNN at the same precision.
+
+Layers: each layer of `escort_tf.layer_table` with a random 2:4 filter (2 of
+every 4 input channels kept at each tap), NHWC, no bias, at batch 1, 8 and 32.
+One `tf.function` runs `--calls` convolutions back to back on rotating inputs
+(as benchmarks/gpu_tf/bench_layers.py does); time per call = its time over
+`--calls`. Side by side in one process:
+  escort_24_f16 / escort_24_bf16   the op with engine="tensor_cores_2_4"
+  cudnn_f16 / cudnn_bf16           tf.nn.conv2d on the dense filter, same dtype
+  cudnn_tf32                       tf.nn.conv2d in float32, TF32 on (TF's default)
+
+Models: ResNet-50 (224x224) with every conv whose input channels are a
+multiple of 32 pruned 2:4 by magnitude along the input channels (what
+TFMOT's sparsity_m_by_n=(2, 4) keeps), built under the mixed_float16 and
+mixed_bfloat16 policies: the dense model and `escort_tf.convert(model)`
+(whose 2:4 layers run on tensor cores), plus the float32 model with TF32 on,
+as median `tf.function` calls with the output read back. Each variant's
+error is against the float32 model with TF32 off.
+
+  python benchmarks/gpu_tf/bench_sparse24.py --json OUT.json [--md OUT.md]
+"""
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+import escort_tf  # noqa: E402
+from escort_tf.layer_table import LAYERS  # noqa: E402
+from escort_tf.measurement import geomean  # noqa: E402
+from escort_tf.timing import time_side_by_side  # noqa: E402
+
+HALF_TYPES = {"f16": tf.float16, "bf16": tf.bfloat16}
+POLICIES = {"f16": "mixed_float16", "bf16": "mixed_bfloat16"}
+
+
+def prune_2_4(kernel):
+    """`kernel` (HWIO) with the 2 largest-magnitude of every 4 input channels kept."""
+    kh, kw, cin, cout = kernel.shape
+    groups = np.moveaxis(kernel, 2, 3).reshape(kh, kw, cout, cin // 4, 4)
+    order = np.argsort(-np.abs(groups), axis=-1, kind="stable")
+    keep = np.zeros(groups.shape, bool)
+    np.put_along_axis(keep, order[..., :2], True, axis=-1)
+    return np.moveaxis(np.where(keep, groups, 0).reshape(kh, kw, cout, cin), 3, 2)
+
+
+def bench_layer(layer, batch, calls, reps, rng):
+    shape = (layer.kernel, layer.kernel, layer.in_channels, layer.out_channels)
+    dense = prune_2_4(rng.standard_normal(shape).astype(np.float32))
+    csr = escort_tf.CsrFilter.from_dense(dense)
+    padding = layer.explicit_padding()
+    tf_padding = [[0, 0], *padding, [0, 0]]
+    in_bytes = 2 * batch * layer.height * layer.width * layer.in_channels
+    sets = max(2, min(8, -(-120_000_000 // in_bytes)))
+    xs32 = [rng.standard_normal((batch, layer.height, layer.width, layer.in_channels))
+            .astype(np.float32) for _ in range(sets)]
+
+    def chain(conv, xs):
+        @tf.function
+        def run():
+            return [conv(xs[i % len(xs)]) for i in range(calls)]
+
+        def call():
+            outputs = run()
+            tf.test.experimental.sync_devices()
+            return outputs
+        return call
+
+    fns, check = {}, {}
+    for name, dtype in HALF_TYPES.items():
+        xs = [tf.constant(x, dtype) for x in xs32]
+        values = tf.constant(csr.values, dtype)
+        kernel = tf.constant(dense, dtype)
+
+        def escort(x, values=values):
+            return escort_tf.ops.csr_conv2d(x, csr.row_offsets, csr.column_indices, values,
+                                            csr.filter_shape, strides=layer.stride,
+                                            padding=padding, engine="tensor_cores_2_4")
+
+        fns[f"escort_24_{name}"] = chain(escort, xs)
+        fns[f"cudnn_{name}"] = chain(
+            lambda x, kernel=kernel: tf.nn.conv2d(x, kernel, layer.stride, tf_padding), xs)
+        check[name] = (escort(xs[0]), tf.nn.conv2d(xs[0], kernel, layer.stride, tf_padding))
+    xs = [tf.constant(x) for x in xs32]
+    kernel32 = tf.constant(dense)
+    fns["cudnn_tf32"] = chain(lambda x: tf.nn.conv2d(x, kernel32, layer.stride, tf_padding), xs)
+    times = time_side_by_side(fns, reps=reps, warmup=2)
+    with common.tf32(False):
+        reference = tf.nn.conv2d(tf.cast(xs[0], tf.float64), tf.cast(kernel32, tf.float64),
+                                 layer.stride, tf_padding)
+    row = {"layer": layer.name, "batch": batch, "calls_per_function": calls}
+    for kind, t in times.items():
+        row[f"{kind}_us"] = 1e3 * t["median_ms"] / calls
+    for name in HALF_TYPES:
+        row[f"speedup_{name}_vs_cudnn_{name}"] = row[f"cudnn_{name}_us"] / row[f"escort_24_{name}_us"]
+        ours, cudnn = check[name]
+        row[f"relative_error_escort_{name}"] = common.relative_error(ours, reference)
+        row[f"relative_error_cudnn_{name}"] = common.relative_error(cudnn, reference)
+    row["speedup_f16_vs_cudnn_tf32"] = row["cudnn_tf32_us"] / row["escort_24_f16_us"]
+    return row
+
+
+def resnet50_2_4(image_size, policy):
+    """ResNet-50 under `policy` with the weights of `resnet50_2_4.weights`."""
+    tf_keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = tf_keras.applications.ResNet50(weights=None, classifier_activation=None,
+                                               input_shape=(image_size, image_size, 3))
+    finally:
+        tf_keras.mixed_precision.set_global_policy("float32")
+    if resnet50_2_4.weights is None:
+        rng = np.random.default_rng(1)
+        # Random weights that keep activations near unit scale, so that float16
+        # does not overflow: He-scaled convs (2:4 pruning halves the sum of
+        # squares: sqrt(2) back), and each residual branch's last batch norm
+        # scaled down, as zero-init residual training starts out.
+        for layer in model.layers:
+            if isinstance(layer, tf_keras.layers.Conv2D):
+                kernel = rng.standard_normal(layer.kernel.shape).astype(np.float32)
+                kernel *= np.sqrt(2.0 / np.prod(layer.kernel.shape[:3]))
+                if layer.kernel.shape[2] % 32 == 0:
+                    kernel = prune_2_4(kernel) * np.sqrt(2.0)
+                layer.kernel.assign(kernel)
+            elif layer.name.endswith("_3_bn"):
+                layer.gamma.assign(tf.fill(layer.gamma.shape, 0.1))
+        resnet50_2_4.weights = model.get_weights()
+    model.set_weights(resnet50_2_4.weights)
+    return model
+
+
+resnet50_2_4.weights = None
+
+
+def bench_models(image_size, batches, reps, progress):
+    models = {"dense_tf32": resnet50_2_4(image_size, "float32")}
+    reports = {}
+    for name, policy in POLICIES.items():
+        dense = resnet50_2_4(image_size, policy)
+        start = time.perf_counter()
+        converted, report = escort_tf.convert(dense, return_report=True)
+        models[f"dense_{name}"] = dense
+        models[f"converted_{name}"] = converted
+        reports[name] = {"convert_s": time.perf_counter() - start,
+                         "tensor_core_layers": sum(r.engine == "tensor_cores_2_4"
+                                                   for r in report),
+                         "sparse_layers": sum(r.decision == "sparse" for r in report)}
+        progress(f"converted under {policy}: {reports[name]}")
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in batches:
+        x = tf.constant(rng.standard_normal((batch, image_size, image_size, 3), np.float32))
+        fns = {kind: tf.function(lambda t, m=m: m(t, training=False))
+               for kind, m in models.items()}
+        timed = {kind: (lambda fn=fn: fn(x).numpy()) for kind, fn in fns.items()}
+        outputs = {kind: fn() for kind, fn in timed.items()}
+        times = {kind: t["median_ms"]
+                 for kind, t in time_side_by_side(timed, reps=reps, warmup=2).items()}
+        with common.tf32(False):
+            reference = timed["dense_tf32"]()
+        row = {"batch": batch, "reps": reps}
+        for kind, t in times.items():
+            row[f"{kind}_ms"] = t
+            row[f"{kind}_relative_error_vs_fp32"] = common.relative_error(outputs[kind],
+                                                                         reference)
+        for name in POLICIES:
+            row[f"speedup_converted_{name}_vs_dense_{name}"] = (
+                times[f"dense_{name}"] / times[f"converted_{name}"])
+        rows.append(row)
+        progress(f"resnet50 b{batch}: " + ", ".join(f"{k} {t:.2f} ms" for k, t in times.items()))
+    return {"image_size": image_size, "conversion": reports, "calls": rows}
+
+
+def markdown(report):
+    lines = ["# 2:4 sparse tensor cores in TensorFlow on the GPU", "",
+             common.machine_line(report["machine"]), "", f"Command: `{report['command']}`", "",
+             "## Layers", "",
+             f"Microseconds per convolution, {report['calls']} back to back per `tf.function`; "
+             "a random 2:4 filter (50% dense) for ours, the same filter dense for cuDNN.", "",
+             "| layer | batch | ours f16 | cuDNN f16 | ours bf16 | cuDNN bf16 | cuDNN TF32 | "
+             "f16 vs cuDNN f16 | bf16 vs cuDNN bf16 |", "|---" * 9 + "|"]
+    for r in report["layers"]:
+        lines.append(
+            f"| {r['layer']} | {r['batch']} | {r['escort_24_f16_us']:.1f} | "
+            f"{r['cudnn_f16_us']:.1f} | {r['escort_24_bf16_us']:.1f} | {r['cudnn_bf16_us']:.1f} | "
+            f"{r['cudnn_tf32_us']:.1f} | {r['speedup_f16_vs_cudnn_f16']:.2f}x | "
+            f"{r['speedup_bf16_vs_cudnn_bf16']:.2f}x |")
+    lines.append("")
+    for batch, s in report["layer_geomean"].items():
+        lines.append(f"Geomean at batch {batch}: " + ", ".join(
+            f"{k.replace('_', ' ')} {v:.2f}x" for k, v in s.items()))
+    lines.append("")
+    models = report.get("models")
+    if models:
+        kinds = ["dense_tf32", "dense_f16", "converted_f16", "dense_bf16", "converted_bf16"]
+        lines += ["## ResNet-50, 2:4-pruned, model call", "",
+                  "Median `tf.function` call in ms (`training=False`, output read back); "
+                  "the speedups compare converted with dense under the same policy.", "",
+                  "| batch | " + " | ".join(kinds) + " | f16 speedup | bf16 speedup |",
+                  "|---" * (len(kinds) + 3) + "|"]
+        for r in models["calls"]:
+            lines.append(f"| {r['batch']} | " + " | ".join(f"{r[f'{k}_ms']:.2f}" for k in kinds)
+                         + f" | {r['speedup_converted_f16_vs_dense_f16']:.2f}x | "
+                         f"{r['speedup_converted_bf16_vs_dense_bf16']:.2f}x |")
+        lines += ["", "Relative error against float32 (TF32 off): " + "; ".join(
+            f"batch {r['batch']}: " + ", ".join(
+                f"{k} {r[f'{k}_relative_error_vs_fp32']:.1e}" for k in kinds[1:])
+            for r in models["calls"]), "",
+            "Conversion: " + "; ".join(f"{n}: {v}" for n, v in models["conversion"].items()), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", required=True)
+    parser.add_argument("--md")
+    parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--skip-models", action="store_true")
+    args = parser.parse_args(argv)
+    batches = [int(b) for b in args.batches.split(",")]
+    progress = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    rng = np.random.default_rng(0)
+    report = {"machine": common.machine_info(), "command": " ".join(["python"] + sys.argv),
+              "calls": args.calls, "layers": []}
+    for batch in batches:
+        for layer in LAYERS:
+            row = bench_layer(layer, batch, args.calls, args.reps, rng)
+            report["layers"].append(row)
+            progress(f"{layer.name} b{batch}: f16 {row['speedup_f16_vs_cudnn_f16']:.2f}x, "
+                     f"bf16 {row['speedup_bf16_vs_cudnn_bf16']:.2f}x cuDNN")
+    report["layer_geomean"] = {
+        str(b): {key: geomean([r[key] for r in report["layers"] if r["batch"] == b])
+                 for key in ("speedup_f16_vs_cudnn_f16", "speedup_bf16_vs_cudnn_bf16",
+                             "speedup_f16_vs_cudnn_tf32")}
+        for b in batches}
+    if not args.skip_models:
+        report["models"] = bench_models(args.image_size, batches, args.reps, progress)
+    common.finish(report, args.json, args.md, markdown)
+
+
+if __name__ == "__main__":
+    main()
