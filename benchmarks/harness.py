@@ -201,9 +201,11 @@ def models_markdown(report: Dict[str, object]) -> str:
     tuned = [m for m in report["models"] if "autotune_sparse" in m]
     if tuned:
         lines += ["", "Autotune (each candidate layer timed alone, sparse vs dense, at batch 1; "
-                  "the faster kept):", ""]
+                  "the faster kept; then the whole model timed that way, as the rule "
+                  "converts it and dense, and the fastest kept):", ""]
         lines += [f"- {m['model']}: autotune kept {m['autotune_sparse']} layers sparse, "
-                  f"{m['autotune_dense']} dense; conversion took {m['convert_s']:.0f} s."
+                  f"{m['autotune_dense']} dense; the whole-model check kept "
+                  f"{m.get('whole_model_choice')}; conversion took {m['convert_s']:.0f} s."
                   for m in tuned]
     return "\n".join(lines) + "\n"
 

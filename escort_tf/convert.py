@@ -116,9 +116,21 @@ class ConversionReport:
         _, report = escort_tf.convert(model, return_report=True)
         report["conv2d"].decision      # -> "sparse"
         [r.name for r in report if r.decision == "dense"]
+
+    Attributes:
+        rows: a `LayerReport` per layer with a kernel, and per nested model.
+        model_ms: autotune's whole-model check (`convert`'s
+            `autotune_whole_model`): candidate ("per_layer", "rule",
+            "dense") -> median time of a model call in ms; None if it did not run.
+        model_choice: the candidate kept, or None.
+        model_note: what the check did, in words ("" if nothing); `str()`
+            prints it under the table.
     """
 
     rows: List[LayerReport]
+    model_ms: Optional[Dict[str, float]] = None
+    model_choice: Optional[str] = None
+    model_note: str = ""
 
     def __iter__(self):
         return iter(self.rows)
@@ -149,9 +161,10 @@ class ConversionReport:
                  or any(line[i] != "-" for line in lines[1:])]
         lines = [[line[i] for i in shown] for line in lines]
         widths = [max(len(line[i]) for line in lines) for i in range(len(shown) - 1)]
-        return "\n".join(
+        table = "\n".join(
             "  ".join(col.ljust(w) for col, w in zip(line, widths)) + "  " + line[-1]
             for line in lines)
+        return table + (f"\n{self.model_note}" if self.model_note else "")
 
 
 @dataclasses.dataclass
@@ -370,74 +383,24 @@ def _autotune(plans, batch_size, budget_s):
                       + "".join(f"; {note}" for note in notes))
 
 
-def convert(model, min_sparsity=0.5, autotune=False, *, autotune_batch_size=1,
-            autotune_budget_s=1.0, fold_batch_norm=False, return_report=False):
-    """Returns a copy of `model` whose sparse enough `Conv2D` layers run on the sparse op.
+def _decisions(plans):
+    """Each reported layer's `(decision, engine)`, by plan id."""
+    return {id(p): (p.row.decision, p.row.engine) for p in plans if p.row is not None}
 
-    Each `Conv2D` the op supports (`escort_tf.layers.unsupported_reason`) is
-    kept dense or becomes a `SparseConv2D` whose `engine` picks the GPU kernel
-    (the CPU has one kernel):
 
-    * 2:4 on tensor cores: a masked kernel that is 2:4 along the input
-      channels (`CsrFilter.is_2_4`, as TFMOT's `sparsity_m_by_n=(2, 4)`
-      prunes), with input channels a multiple of 32, `channels_last`, and a
-      float16 or bfloat16 compute dtype (a `mixed_float16`/`mixed_bfloat16`
-      policy) becomes sparse with engine "auto", regardless of `min_sparsity`:
-      on a GPU of compute capability 8.0+ it runs on sparse tensor cores,
-      elsewhere on the CSR kernel. A 2:4 layer that misses one of the other
-      conditions follows the next rule, and its reason says what is missing.
-    * CSR on CUDA cores: any other kernel with at least `min_sparsity` zeros
-      becomes sparse with engine "cuda_cores".
-    * Dense otherwise.
+def _set_decisions(plans, decisions):
+    for plan in plans:
+        if plan.row is not None:
+            plan.row.decision, plan.row.engine = decisions[id(plan)]
 
-    With `autotune=True` each sparse layer is then timed on this device as a
-    dense `Conv2D`, on the CSR kernel and, on a GPU and where the first rule
-    applies, on tensor cores; the fastest wins (engine "auto" for tensor
-    cores, "cuda_cores" for the CSR kernel). A variant that fails (a GPU
-    without sparse tensor cores) is left out of the comparison. On a CPU
-    the GPU kernels can't be compared, so the rule's engine stays.
 
-    Args:
-        model: a built Sequential or functional tf_keras model, pruning-wrapped
-            (`tfmot.sparsity.keras.prune_low_magnitude`) or stripped. It is not modified.
-        min_sparsity: a `Conv2D` whose masked kernel has at least this fraction
-            of zeros becomes a `SparseConv2D`.
-        autotune: if True, time each sparse layer's variants on this device
-            with its input shape from the model and keep the fastest.
-        autotune_batch_size: batch size autotune times with.
-        autotune_budget_s: time budget per layer for autotune's timed calls,
-            after two warm-up calls of each variant (the first traces it): up
-            to 10 samples of each, at least 3 regardless.
-        fold_batch_norm: if True, fold each `BatchNormalization` that alone
-            follows a convolution into its filter and bias, and a ReLU/ReLU6
-            that then follows into its activation (see `escort_tf.fold`). Kept
-            layers keep their names; the report lists what was folded. The
-            batch norms then compute their inference mode even in training calls.
-        return_report: if True, return `(model, ConversionReport)`; each row
-            has the decision, the engine, the 2:4 structure and the reason.
+def _build(model, plans, fold_batch_norm):
+    """Clones `model` with each layer as its plan's row decides.
 
     Returns:
-        The new tf_keras model (uncompiled), or `(model, report)`. Its outputs
-        equal the masked dense model's up to float rounding.
-
-    Raises:
-        TypeError: `model` is not a tf_keras model (e.g. a Keras 3 one).
-        ValueError: an argument is out of range, or the model is subclassed or unbuilt.
-
-    Example:
-
-        sparse_model = escort_tf.convert(tfmot_model, min_sparsity=0.8, autotune=True)
+        `(model, removed)`: the new model, and for `fold_batch_norm` the
+        layers folded into each conv (`escort_tf.fold`), else `{}`.
     """
-    _check_model(model)
-    if not 0.0 <= min_sparsity <= 1.0:
-        raise ValueError(f"`min_sparsity` must be in [0, 1], got {min_sparsity!r}.")
-    if not isinstance(autotune_batch_size, int) or autotune_batch_size <= 0:
-        raise ValueError(f"`autotune_batch_size` must be a positive int, got {autotune_batch_size!r}.")
-
-    plans: Dict[int, _Plan] = {id(layer): _plan(layer, min_sparsity) for layer in model.layers}
-    if autotune:
-        _autotune(plans.values(), autotune_batch_size, autotune_budget_s)
-
     pending = []  # (cloned layer, weights): set once clone_model has built them
 
     def dense_clone(inner, weights):
@@ -461,17 +424,181 @@ def convert(model, min_sparsity=0.5, autotune=False, *, autotune_batch_size=1,
     converted = tf_keras.models.clone_model(model, clone_function=clone)
     for layer, weights in pending:
         layer.set_weights(weights)
+    if not fold_batch_norm:
+        return converted, {}
+    return _fold_batch_norm(converted)
 
-    rows = [p.row for p in plans.values() if p.row is not None]
-    if fold_batch_norm:
-        converted, removed = _fold_batch_norm(converted)
-        for row in rows:
-            row.folded = tuple(removed.get(row.name, ()))
-            if row.folded:
-                row.reason += f"; folded {', '.join(row.folded)} into it"
-    for row in rows:
+
+def _model_inputs(model, batch_size):
+    """Random inputs for `model` at `batch_size`, or None if an input shape is not fully known."""
+    inputs = []
+    for spec in model.inputs:
+        shape = tf.TensorShape(spec.shape)[1:]
+        if not shape.is_fully_defined():
+            return None
+        dtype = tf.as_dtype(spec.dtype)
+        shape = [batch_size, *shape.as_list()]
+        inputs.append(tf.random.normal(shape, dtype=dtype) if dtype.is_floating
+                      else tf.zeros(shape, dtype))
+    return inputs if len(inputs) > 1 else inputs[0]
+
+
+def _whole_model_check(model, plans, rule, tuned_model, fold_batch_norm, batch_size, budget_s):
+    """Times the whole model as autotuned, as the rule converts it, and all dense; keeps the fastest.
+
+    Each layer timed alone misjudges what it costs inside the model (its
+    input comes from another kernel, cuDNN picks differently, launches
+    overlap), so a model of per-layer winners can lose to dense or to
+    the rule's conversion. Ties keep the per-layer choice.
+
+    Args:
+        model: the model given to `convert`.
+        plans: id -> `_Plan`, whose rows hold autotune's per-layer decisions.
+        rule: `_decisions(plans)` before autotune.
+        tuned_model: `(model, removed)` built from the per-layer decisions.
+        fold_batch_norm: as in `convert`.
+        batch_size: the batch size to time at.
+        budget_s: time budget per candidate for the timed calls.
+
+    Returns:
+        `(model, removed, model_ms, choice, note)`; the plans' rows then hold
+        the kept candidate's decisions.
+    """
+    x = _model_inputs(model, batch_size)
+    if x is None:
+        return (*tuned_model, None, None,
+                "whole-model check skipped: the model's input shape is not fully known")
+    tuned = _decisions(plans.values())
+    dense = {key: ("dense", None) for key in tuned}
+    candidates = {"per_layer": tuned}
+    for name, decisions in (("rule", rule), ("dense", dense)):
+        if decisions not in candidates.values():
+            candidates[name] = decisions
+    if len(candidates) == 1:
+        return (*tuned_model, None, None, "")
+    built = {"per_layer": tuned_model}
+    for name, decisions in candidates.items():
+        if name not in built:
+            _set_decisions(plans.values(), decisions)
+            built[name] = _build(model, plans, fold_batch_norm)
+    _set_decisions(plans.values(), tuned)
+    calls = {name: tf.function(built[name][0].__call__) for name in candidates}
+    fns = {name: lambda call=call: call(x) for name, call in calls.items()}
+    try:
+        for fn in fns.values():
+            wait_for(fn())  # traces
+        times = time_side_by_side(fns, reps=_AUTOTUNE_REPS, warmup=1,
+                                  budget_s=budget_s * len(fns))
+    except tf.errors.OpError as e:
+        return (*tuned_model, None, None,
+                f"whole-model check failed, kept the per-layer choice: {_op_message(e)}")
+    model_ms = {name: t["median_ms"] for name, t in times.items()}
+    choice = min(model_ms, key=model_ms.get)  # dicts keep order: per_layer wins ties
+    summary = ", ".join(f"{name} {ms:.3f} ms" for name, ms in model_ms.items())
+    note = f"whole model at batch {batch_size}: {summary}; kept {choice}"
+    if choice != "per_layer":
+        _set_decisions(plans.values(), candidates[choice])
+        for plan in plans.values():
+            if plan.row is not None and candidates[choice][id(plan)] != tuned[id(plan)]:
+                plan.row.reason += f"; {choice} won the whole-model check ({summary})"
+    return (*built[choice], model_ms, choice, note)
+
+
+def convert(model, min_sparsity=0.5, autotune=False, *, autotune_batch_size=1,
+            autotune_budget_s=1.0, autotune_whole_model=True, fold_batch_norm=False,
+            return_report=False):
+    """Returns a copy of `model` whose sparse enough `Conv2D` layers run on the sparse op.
+
+    Each `Conv2D` the op supports (`escort_tf.layers.unsupported_reason`) is
+    kept dense or becomes a `SparseConv2D` whose `engine` picks the GPU kernel
+    (the CPU has one kernel):
+
+    * 2:4 on tensor cores: a masked kernel that is 2:4 along the input
+      channels (`CsrFilter.is_2_4`, as TFMOT's `sparsity_m_by_n=(2, 4)`
+      prunes), with input channels a multiple of 32, `channels_last`, and a
+      float16 or bfloat16 compute dtype (a `mixed_float16`/`mixed_bfloat16`
+      policy) becomes sparse with engine "auto", regardless of `min_sparsity`:
+      on a GPU of compute capability 8.0+ it runs on sparse tensor cores,
+      elsewhere on the CSR kernel. A 2:4 layer that misses one of the other
+      conditions follows the next rule, and its reason says what is missing.
+    * CSR on CUDA cores: any other kernel with at least `min_sparsity` zeros
+      becomes sparse with engine "cuda_cores".
+    * Dense otherwise.
+
+    With `autotune=True` each sparse layer is then timed on this device as a
+    dense `Conv2D`, on the CSR kernel and, on a GPU and where the first rule
+    applies, on tensor cores; the fastest wins (engine "auto" for tensor
+    cores, "cuda_cores" for the CSR kernel). A variant that fails (a GPU
+    without sparse tensor cores) is left out of the comparison. On a CPU
+    the GPU kernels can't be compared, so the rule's engine stays. Then,
+    with `autotune_whole_model`, the whole model is timed three ways: with
+    those per-layer winners, as the rules above convert it, and all dense
+    (each folded if asked); the fastest is returned. A layer is cheaper or
+    dearer inside a model than alone, so per-layer winners can add up to a
+    model slower than dense; this check keeps autotune from returning one.
+
+    Args:
+        model: a built Sequential or functional tf_keras model, pruning-wrapped
+            (`tfmot.sparsity.keras.prune_low_magnitude`) or stripped. It is not modified.
+        min_sparsity: a `Conv2D` whose masked kernel has at least this fraction
+            of zeros becomes a `SparseConv2D`.
+        autotune: if True, time each sparse layer's variants on this device
+            with its input shape from the model and keep the fastest.
+        autotune_batch_size: batch size autotune times with.
+        autotune_budget_s: time budget per layer for autotune's timed calls,
+            after two warm-up calls of each variant (the first traces it): up
+            to 10 samples of each, at least 3 regardless. The whole-model
+            check gets this budget per candidate model.
+        autotune_whole_model: with `autotune`, also time the whole model
+            (above) and keep the fastest of the three; needs the model's
+            input shape, batch aside, to be fully known. It builds and
+            traces the model up to twice more.
+        fold_batch_norm: if True, fold each `BatchNormalization` that alone
+            follows a convolution into its filter and bias, and a ReLU/ReLU6
+            that then follows into its activation (see `escort_tf.fold`). Kept
+            layers keep their names; the report lists what was folded. The
+            batch norms then compute their inference mode even in training calls.
+        return_report: if True, return `(model, ConversionReport)`; each row
+            has the decision, the engine, the 2:4 structure and the reason;
+            the report's `model_ms` and `model_choice` hold the whole-model
+            check's timings and pick ("per_layer", "rule" or "dense").
+
+    Returns:
+        The new tf_keras model (uncompiled), or `(model, report)`. Its outputs
+        equal the masked dense model's up to float rounding.
+
+    Raises:
+        TypeError: `model` is not a tf_keras model (e.g. a Keras 3 one).
+        ValueError: an argument is out of range, or the model is subclassed or unbuilt.
+
+    Example:
+
+        sparse_model = escort_tf.convert(tfmot_model, min_sparsity=0.8, autotune=True)
+    """
+    _check_model(model)
+    if not 0.0 <= min_sparsity <= 1.0:
+        raise ValueError(f"`min_sparsity` must be in [0, 1], got {min_sparsity!r}.")
+    if not isinstance(autotune_batch_size, int) or autotune_batch_size <= 0:
+        raise ValueError(f"`autotune_batch_size` must be a positive int, got {autotune_batch_size!r}.")
+
+    plans: Dict[int, _Plan] = {id(layer): _plan(layer, min_sparsity) for layer in model.layers}
+    rule = _decisions(plans.values())
+    if autotune:
+        _autotune(plans.values(), autotune_batch_size, autotune_budget_s)
+    converted, removed = _build(model, plans, fold_batch_norm)
+    report = ConversionReport([p.row for p in plans.values() if p.row is not None])
+    if autotune and autotune_whole_model:
+        (converted, removed, report.model_ms, report.model_choice,
+         report.model_note) = _whole_model_check(model, plans, rule, (converted, removed),
+                                                 fold_batch_norm, autotune_batch_size,
+                                                 autotune_budget_s)
+    for row in report:
+        row.folded = tuple(removed.get(row.name, ()))
+        if row.folded:
+            row.reason += f"; folded {', '.join(row.folded)} into it"
         logger.info("%s (%s): %s, %s", row.name, row.layer_type, row.decision, row.reason)
-    report = ConversionReport(rows)
+    if report.model_note:
+        logger.info("%s", report.model_note)
     return (converted, report) if return_report else converted
 
 

@@ -191,8 +191,10 @@ def prune_and_convert(name: str, image_size: int = 224, min_sparsity: float = 0.
         timed = [row for row in report if row.sparse_ms is not None]
         info["autotune_sparse"] = sum(row.decision == "sparse" for row in timed)
         info["autotune_dense"] = len(timed) - info["autotune_sparse"]
+        info["whole_model_ms"], info["whole_model_choice"] = report.model_ms, report.model_choice
         tuned = (f" (autotune kept {info['autotune_sparse']} sparse, "
-                 f"{info['autotune_dense']} dense)")
+                 f"{info['autotune_dense']} dense; whole-model check kept "
+                 f"{report.model_choice})")
     progress(f"{name}: converted {len(converted)} layers in {convert_s:.1f} s{tuned}")
     return dense, sparse, info
 

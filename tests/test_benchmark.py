@@ -204,11 +204,15 @@ def test_bench_models_uniform_sparsity_and_autotune_report(monkeypatch, demo):
     rows = {row["name"]: row for row in model["conversion"]}
     assert set(rows) == {"conv1", "conv2", "conv3", "conv4", "logits"}
     assert rows["conv1"]["decision"] == "dense" and rows["conv1"]["sparse_ms"] is None
+    choice = model["whole_model_choice"]
+    assert choice == min(model["whole_model_ms"], key=model["whole_model_ms"].get)
     for name in profile:  # every pruned layer is a candidate and gets timed both ways
         assert _finite_positive(rows[name]["sparse_ms"])
         assert _finite_positive(rows[name]["dense_ms"])
-        assert rows[name]["decision"] == (
-            "sparse" if rows[name]["sparse_ms"] <= rows[name]["dense_ms"] else "dense")
+        faster = "sparse" if rows[name]["sparse_ms"] <= rows[name]["dense_ms"] else "dense"
+        # The whole-model check keeps the per-layer winners, the rule's (all sparse) or dense.
+        assert rows[name]["decision"] == {"per_layer": faster, "rule": "sparse",
+                                          "dense": "dense"}[choice]
     assert model["autotune_sparse"] + model["autotune_dense"] == 3
     assert model["autotune_sparse"] == model["converted_layers"]
     json.loads(json.dumps(report))  # the rows are JSON-serialisable
@@ -216,7 +220,7 @@ def test_bench_models_uniform_sparsity_and_autotune_report(monkeypatch, demo):
     markdown = harness.models_markdown(report)
     assert "a uniform 70% sparsity" in markdown and "SkimCaffe-like per-layer" not in markdown
     assert (f"tiny: autotune kept {model['autotune_sparse']} layers sparse, "
-            f"{model['autotune_dense']} dense") in markdown
+            f"{model['autotune_dense']} dense; the whole-model check kept {choice}") in markdown
 
 
 def test_bench_models_times_folded_variants(monkeypatch):

@@ -240,7 +240,8 @@ def test_autotune_records_timings_and_keeps_outputs(rng, capsys):
     x = pruned_models.random_input(rng)
     converted, report = escort_tf.convert(pruned, min_sparsity=0.0, autotune=True,
                                           autotune_batch_size=2, autotune_budget_s=0.05,
-                                          return_report=True)
+                                          autotune_whole_model=False, return_report=True)
+    assert report.model_ms is None and report.model_note == ""
     tuned = [row for row in report if row.layer_type == "Conv2D"]
     assert len(tuned) == 3
     types = layer_types(converted)
@@ -262,6 +263,8 @@ def test_autotune_skips_layers_with_unknown_spatial_dims(rng):
     _, report = escort_tf.convert(model, autotune=True, return_report=True)
     assert report["conv"].decision == "sparse" and "autotune skipped" in report["conv"].reason
     assert report["conv"].sparse_ms is None
+    assert report.model_note == (
+        "whole-model check skipped: the model's input shape is not fully known")
 
 
 def test_autotune_keeps_the_default_when_a_variant_fails(rng, monkeypatch):
@@ -275,6 +278,102 @@ def test_autotune_keeps_the_default_when_a_variant_fails(rng, monkeypatch):
     row = report["conv_relu"]
     assert row.decision == "sparse" and row.sparse_ms is None
     assert row.reason.endswith("autotune failed, kept: no kernel on this device")
+    # Only the rule's model and the dense one were left to time: that fails too.
+    assert report.model_ms is None and report.model_note == (
+        "whole-model check failed, kept the per-layer choice: no kernel on this device")
+
+
+def _fake_model_times(per_layer_fastest, model_ms):
+    """A `time_side_by_side` stand-in: each layer's `per_layer_fastest` variant
+    wins; whole-model candidates (their names in `model_ms`) get those times."""
+    timed = []
+
+    def fake_times(fns, **kwargs):
+        timed.append(list(fns))
+        if set(fns) <= set(model_ms):
+            return {name: {"median_ms": model_ms[name]} for name in fns}
+        return {name: {"median_ms": 1.0 if name == per_layer_fastest else 2.0} for name in fns}
+
+    return fake_times, timed
+
+
+def _bn_model():
+    """Two convs, each followed by a batch norm and a ReLU that fold into it."""
+    x = tf_keras.Input((8, 8, 4))
+    y = x
+    for name in ("conv_a", "conv_b"):
+        y = L.Conv2D(8, 3, padding="same", name=name)(y)
+        y = L.BatchNormalization(name=f"{name}_bn")(y)
+        y = L.ReLU(name=f"{name}_relu")(y)
+    return tf_keras.Model(x, L.GlobalAveragePooling2D(name="pool")(y))
+
+
+@pytest.mark.parametrize("fold", [False, True], ids=["unfolded", "folded"])
+def test_whole_model_check_returns_dense_when_the_model_of_winners_is_slower(
+        rng, monkeypatch, fold):
+    model = _bn_model()
+    for name in ("conv_a", "conv_b"):
+        kernel = model.get_layer(name).kernel
+        kernel.assign(kernel * (rng.random(kernel.shape) > 0.9))
+    for layer in model.layers:  # inference statistics that folding must carry over
+        if isinstance(layer, L.BatchNormalization):
+            layer.set_weights([rng.random(8) + 0.5, rng.standard_normal(8),
+                               rng.standard_normal(8), rng.random(8) + 0.5])
+    fake_times, timed = _fake_model_times("cuda_cores", {"per_layer": 3.0, "dense": 2.0})
+    monkeypatch.setattr(sys.modules["escort_tf.convert"], "time_side_by_side", fake_times)
+    converted, report = escort_tf.convert(model, autotune=True, fold_batch_norm=fold,
+                                          return_report=True)
+    # Per layer the CSR kernel won, which is also the rule's pick: one candidate less.
+    assert timed == [["cuda_cores", "dense"]] * 2 + [["per_layer", "dense"]]
+    assert report.model_ms == {"per_layer": 3.0, "dense": 2.0}
+    assert report.model_choice == "dense"
+    assert report.model_note == ("whole model at batch 1: per_layer 3.000 ms, dense 2.000 ms; "
+                                 "kept dense")
+    assert str(report).endswith(report.model_note)
+    for name in ("conv_a", "conv_b"):
+        row = report[name]
+        assert (row.decision, row.engine, row.sparse_ms, row.dense_ms) == ("dense", None, 1.0, 2.0)
+        assert "dense won the whole-model check (per_layer 3.000 ms, dense 2.000 ms)" in row.reason
+        assert row.folded == ((f"{name}_bn", f"{name}_relu") if fold else ())
+    assert "SparseConv2D" not in layer_types(converted).values()
+    assert ("BatchNormalization" in layer_types(converted).values()) != fold
+    x = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
+    np.testing.assert_allclose(converted(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_whole_model_check_can_keep_the_rules_conversion(rng, monkeypatch):
+    pruned = pruned_models.prune(pruned_models.sequential(), 0.8, rng)
+    # Each layer alone: dense faster; the whole model: the rule's all-sparse one.
+    fake_times, timed = _fake_model_times("dense", {"per_layer": 2.0, "rule": 1.5, "dense": 9.0})
+    monkeypatch.setattr(sys.modules["escort_tf.convert"], "time_side_by_side", fake_times)
+    converted, report = escort_tf.convert(pruned, autotune=True, return_report=True)
+    # Per-layer winners are all dense: that candidate is the dense one.
+    assert timed[-1] == ["per_layer", "rule"]
+    assert report.model_choice == "rule"
+    for name in ("conv_relu", "conv_tanh", "conv_linear"):
+        assert report[name].decision == "sparse" and report[name].engine == "cuda_cores"
+        assert report[name].reason.endswith("; rule won the whole-model check "
+                                            "(per_layer 2.000 ms, rule 1.500 ms)")
+        assert isinstance(converted.get_layer(name), SparseConv2D)
+    x = pruned_models.random_input(rng)
+    np.testing.assert_allclose(converted(x).numpy(), pruned_models.masked_reference(pruned, x),
+                               **TOL)
+
+
+def test_whole_model_check_times_real_models(rng):
+    pruned = pruned_models.prune(pruned_models.functional(), 0.8, rng)
+    converted, report = escort_tf.convert(pruned, autotune=True, autotune_batch_size=2,
+                                          autotune_budget_s=0.05, return_report=True)
+    assert set(report.model_ms) >= {"per_layer", "dense"} and report.model_ms.keys() <= {
+        "per_layer", "rule", "dense"}
+    assert all(ms > 0 for ms in report.model_ms.values())
+    assert report.model_choice == min(report.model_ms, key=report.model_ms.get)
+    sparse = {row.name for row in report if row.decision == "sparse"}
+    assert sparse == {name for name, kind in layer_types(converted).items()
+                      if kind == "SparseConv2D"}
+    x = pruned_models.random_input(rng)
+    np.testing.assert_allclose(converted(x).numpy(), pruned_models.masked_reference(pruned, x),
+                               **TOL)
 
 
 def test_pruning_wrappers_are_recognised_with_what_convert_reads():
@@ -495,7 +594,8 @@ def test_2_4_layer_says_what_keeps_it_off_the_tensor_cores(rng, policy, cin, dat
 
 def test_autotune_on_cpu_leaves_the_tensor_cores_untimed(rng):
     converted, report = escort_tf.convert(_model_2_4(rng, "mixed_float16"), autotune=True,
-                                          autotune_budget_s=0.05, return_report=True)
+                                          autotune_budget_s=0.05, autotune_whole_model=False,
+                                          return_report=True)
     tc = report["tc"]
     assert tc.sparse_ms > 0 and tc.dense_ms > 0 and tc.tensor_cores_ms is None
     assert tc.reason.endswith("; tensor_cores_2_4 not timed: no GPU")
@@ -524,7 +624,7 @@ def test_autotune_on_gpu_keeps_the_fastest_of_three(rng, monkeypatch, fastest, d
     _pretend_gpu(monkeypatch)
     monkeypatch.setattr(sys.modules["escort_tf.convert"], "time_side_by_side", fake_times)
     converted, report = escort_tf.convert(_model_2_4(rng, "mixed_float16"), autotune=True,
-                                          return_report=True)
+                                          autotune_whole_model=False, return_report=True)
     # Layer order: tc, cin16, csr; only tc can run on tensor cores.
     assert timed == {0: ["cuda_cores", "tensor_cores_2_4", "dense"],
                      1: ["cuda_cores", "dense"], 2: ["cuda_cores", "dense"]}
@@ -556,7 +656,7 @@ def test_autotune_skips_a_tensor_core_variant_that_fails(rng, monkeypatch):
     monkeypatch.setattr(escort_tf.ops, "csr_conv2d", no_tensor_cores)
     model = _model_2_4(rng, "mixed_float16")
     converted, report = escort_tf.convert(model, autotune=True, autotune_budget_s=0.05,
-                                          return_report=True)
+                                          autotune_whole_model=False, return_report=True)
     tc = report["tc"]
     assert tc.sparse_ms > 0 and tc.dense_ms > 0 and tc.tensor_cores_ms is None
     assert tc.reason.endswith(

@@ -44,6 +44,8 @@ def _autotuned(dense, batch, autotune_s):
         "seconds": time.perf_counter() - start,
         "sparse": sum(row.decision == "sparse" for row in report),
         "timed": sum(row.sparse_ms is not None for row in report),
+        "whole_model_ms": report.model_ms,
+        "whole_model_choice": report.model_choice,
     }
     return tuned
 
@@ -82,7 +84,8 @@ def bench_model(name, image_size, batches, reps, predict_images, progress):
     for batch in batches:
         models["autotuned"] = _autotuned(dense, batch, autotune_s)
         progress(f"{name} b{batch}: autotune {autotune_s[batch]['seconds']:.1f} s, kept "
-                 f"{autotune_s[batch]['sparse']} of {autotune_s[batch]['timed']} sparse")
+                 f"{autotune_s[batch]['sparse']} of {autotune_s[batch]['timed']} sparse "
+                 f"(whole-model check: {autotune_s[batch]['whole_model_choice']})")
         x = tf.constant(rng.standard_normal((batch, image_size, image_size, 3), np.float32))
         fns = {kind: tf.function(lambda t, m=m: m(t, training=False)) for kind, m in models.items()}
         timed = {kind: (lambda fn=fn: fn(x).numpy()) for kind, fn in fns.items()}
