@@ -132,6 +132,9 @@ def markdown(report):
             lines.append("")
         lines += [f"Autotune of {name}: " + ", ".join(
             f"batch {b}: {v['seconds']:.1f} s, {v['sparse']} of {v['timed']} layers kept sparse"
+            + (f" (whole-model check kept {v['whole_model_choice']}: " + ", ".join(
+                f"{kind} {ms:.2f} ms" for kind, ms in v["whole_model_ms"].items()) + ")"
+               if v.get("whole_model_ms") else "")
             for b, v in result["autotune"].items()), ""]
     return "\n".join(lines)
 

@@ -1,7 +1,8 @@
-"""PNG plots of the in-TensorFlow GPU results (bench_models.py, bench_layers.py output).
+"""PNG plots of the in-TensorFlow GPU results (bench_models.py, bench_layers.py and
+bench_sparse24.py output).
 
-  python benchmarks/gpu_tf/plot.py --models M.json --layers L.json --out-models M.png \
-      --out-layers L.png
+  python benchmarks/gpu_tf/plot.py --models M.json --layers L.json --sparse24 S.json \
+      --out-models M.png --out-layers L.png --out-sparse24 S.png
 """
 
 import argparse
@@ -66,12 +67,51 @@ def plot_layers(report, path):
     plt.close(fig)
 
 
+def plot_sparse24(report, path):
+    """The 2:4 layers against cuDNN per batch, and the 2:4 ResNet-50 against dense."""
+    batches = sorted({row["batch"] for row in report["layers"]})
+    models = report.get("models")
+    fig, axes = plt.subplots(len(batches) + bool(models), 1,
+                             figsize=(12, 3.4 * (len(batches) + bool(models))), squeeze=False)
+    series = {"f16 vs cuDNN f16": "speedup_f16_vs_cudnn_f16",
+              "bf16 vs cuDNN bf16": "speedup_bf16_vs_cudnn_bf16",
+              "f16 vs cuDNN TF32": "speedup_f16_vs_cudnn_tf32"}
+    for ax, batch in zip(axes[:, 0], batches):
+        rows = [row for row in report["layers"] if row["batch"] == batch]
+        names = [row["layer"] for row in rows]
+        width = 0.8 / len(series)
+        for i, (label, key) in enumerate(series.items()):
+            ax.bar(np.arange(len(names)) + (i - (len(series) - 1) / 2) * width,
+                   [row[key] for row in rows], width, label=label)
+        _speedup_axis(ax, names, "speedup")
+        ax.set_title(f"2:4 op (tensor cores) in TensorFlow, batch {batch}")
+        ax.legend(fontsize=8)
+    if models:
+        ax = axes[-1, 0]
+        rows = models["calls"]
+        labels = [f"batch {row['batch']}" for row in rows]
+        for i, precision in enumerate(("f16", "bf16")):
+            ax.bar(np.arange(len(rows)) + (i - 0.5) * 0.35,
+                   [row[f"speedup_converted_{precision}_vs_dense_{precision}"] for row in rows],
+                   0.35, label=f"converted vs dense, {precision}")
+        _speedup_axis(ax, labels, "speedup")
+        ax.set_title("ResNet-50 pruned 2:4, model call")
+        ax.legend(fontsize=8)
+    fig.suptitle(report["machine"]["gpu"] + ", TF " + report["machine"]["tensorflow"],
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models")
     parser.add_argument("--layers")
     parser.add_argument("--out-models")
+    parser.add_argument("--sparse24")
     parser.add_argument("--out-layers")
+    parser.add_argument("--out-sparse24")
     args = parser.parse_args()
     if args.models:
         with open(args.models) as f:
@@ -79,6 +119,9 @@ def main():
     if args.layers:
         with open(args.layers) as f:
             plot_layers(json.load(f), args.out_layers)
+    if args.sparse24:
+        with open(args.sparse24) as f:
+            plot_sparse24(json.load(f), args.out_sparse24)
 
 
 if __name__ == "__main__":
