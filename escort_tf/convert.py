@@ -47,6 +47,10 @@ _KERAS3_MESSAGE = (
 # enough for a stable median on a quiet machine, few enough that tracing and
 # warm-up, not timing, bound a layer's cost.
 _AUTOTUNE_REPS = 10
+# ... and fewer still (at least 3) once one variant's every sample beats every
+# other's by this margin: most layers are clear cuts, and the remaining
+# samples would only refine by how much.
+_AUTOTUNE_DECISIVE_RATIO = 1.25
 
 # Compute dtypes the 2:4 tensor-core kernel takes.
 _TENSOR_CORE_DTYPES = (tf.float16, tf.bfloat16)
@@ -363,7 +367,8 @@ def _autotune(plans, batch_size, budget_s):
         times = None
         if len(fns) > 1:
             try:
-                times = time_side_by_side(fns, reps=_AUTOTUNE_REPS, warmup=1, budget_s=budget_s)
+                times = time_side_by_side(fns, reps=_AUTOTUNE_REPS, warmup=1, budget_s=budget_s,
+                                          decisive_ratio=_AUTOTUNE_DECISIVE_RATIO)
             except tf.errors.OpError as e:
                 notes.append(_op_message(e))
         if times is None:
@@ -488,7 +493,8 @@ def _whole_model_check(model, plans, rule, tuned_model, fold_batch_norm, batch_s
         for fn in fns.values():
             wait_for(fn())  # traces
         times = time_side_by_side(fns, reps=_AUTOTUNE_REPS, warmup=1,
-                                  budget_s=budget_s * len(fns))
+                                  budget_s=budget_s * len(fns),
+                                  decisive_ratio=_AUTOTUNE_DECISIVE_RATIO)
     except tf.errors.OpError as e:
         return (*tuned_model, None, None,
                 f"whole-model check failed, kept the per-layer choice: {_op_message(e)}")

@@ -55,7 +55,8 @@ def _sample_s(fn: Callable[[], object], inner: int) -> float:
 
 def time_side_by_side(fns: Dict[str, Callable[[], object]], reps: int,
                       warmup: int = 2, budget_s: Optional[float] = None,
-                      min_reps: int = 3) -> Dict[str, Dict[str, float]]:
+                      min_reps: int = 3,
+                      decisive_ratio: Optional[float] = None) -> Dict[str, Dict[str, float]]:
     """Times several zero-argument callables in interleaved repetitions.
 
     Interleaving makes slow drifts (turbo, another process) hit every variant
@@ -71,7 +72,11 @@ def time_side_by_side(fns: Dict[str, Callable[[], object]], reps: int,
             first one traces a `tf.function`, so 2 give a warm estimate).
         budget_s: if set, fewer repetitions (but at least `min(reps, min_reps)`)
             when the warm-up times say `reps` would take longer than this.
-        min_reps: the fewest repetitions a budget leaves.
+        min_reps: the fewest repetitions a budget (or `decisive_ratio`) leaves.
+        decisive_ratio: if set, stop after `min_reps` repetitions once the
+            fastest variant's slowest sample times this ratio is still below
+            every other variant's fastest sample: more samples cannot change
+            which is fastest, only refine by how much (what autotune needs).
 
     Returns:
         name -> {"median_ms", "min_ms", "reps", "calls_per_rep"}.
@@ -85,9 +90,18 @@ def time_side_by_side(fns: Dict[str, Callable[[], object]], reps: int,
     if budget_s is not None:
         reps = max(min(reps, min_reps), min(reps, int(budget_s / max(rep_s, 1e-9))))
     samples = {name: [] for name in fns}
-    for _ in range(reps):
+    for rep in range(1, reps + 1):
         for name, fn in fns.items():
             samples[name].append(_sample_s(fn, inner[name]))
+        if decisive_ratio is not None and rep >= min_reps and _decided(samples, decisive_ratio):
+            break
     return {name: {"median_ms": 1e3 * statistics.median(s), "min_ms": 1e3 * min(s),
-                   "reps": reps, "calls_per_rep": inner[name]}
+                   "reps": len(s), "calls_per_rep": inner[name]}
             for name, s in samples.items()}
+
+
+def _decided(samples: Dict[str, list], ratio: float) -> bool:
+    """Whether one variant's samples all beat every other's by `ratio`."""
+    fastest = min(samples, key=lambda name: statistics.median(samples[name]))
+    return all(max(samples[fastest]) * ratio < min(s)
+               for name, s in samples.items() if name != fastest)
