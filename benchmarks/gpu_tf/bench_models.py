@@ -68,6 +68,8 @@ def _median_ms(fns, reps, warmup):
 
 
 def bench_model(name, image_size, batches, reps, predict_images, progress):
+    """Times `name`'s variants at each batch; `predict_images(batch)` is the
+    number of images `predict` gets (0: `predict` is not timed)."""
     build, sparsity_of = skimcaffe_models.MODELS[name]
     start = time.perf_counter()
     dense, sparsities = skimcaffe_models.prune_like_skimcaffe(build(image_size), sparsity_of)
@@ -98,6 +100,8 @@ def bench_model(name, image_size, batches, reps, predict_images, progress):
                                         relative_error_vs_dense_fp32=errors))
         progress(f"{name} call b{batch}: " + ", ".join(
             f"{kind} {t:.2f} ms" for kind, t in times.items()))
+        if not predict_images(batch):
+            continue
         images = rng.standard_normal((predict_images(batch), image_size, image_size, 3),
                                      np.float32)
         predict_fns = {kind: (lambda m=m: m.predict(images, batch_size=batch, verbose=0))
@@ -120,6 +124,8 @@ def markdown(report):
     kinds = ["dense", "dense_fp32", "dense_folded", "converted", "converted_folded", "autotuned"]
     for name, result in report["models"].items():
         for section, title in (("calls", "model call"), ("predict", "`predict`")):
+            if not result[section]:
+                continue
             lines += [f"## {name}, {title}", "",
                       "| batch | " + " | ".join(kinds) + " |",
                       "|---" * (len(kinds) + 1) + "|"]
@@ -149,6 +155,8 @@ def main(argv=None):
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--quick", action="store_true",
                         help="small images, batch 1 and 2, few repetitions (a smoke run)")
+    parser.add_argument("--skip-predict", action="store_true",
+                        help="time model calls only (predict adds about 10 s per batch)")
     args = parser.parse_args(argv)
     if args.quick:
         args.image_size, args.batches, args.reps = 64, "1,2", 3
@@ -158,7 +166,7 @@ def main(argv=None):
     for name in args.models.split(","):
         report["models"][name] = bench_model(
             name, args.image_size, batches, args.reps,
-            predict_images=lambda b: min(256, 32 * b), progress=lambda s: print(s, flush=True))
+            predict_images=lambda b: 0 if args.skip_predict else min(256, 32 * b), progress=lambda s: print(s, flush=True))
         common.write_json(args.json, report)  # what is done survives a later failure
     common.finish(report, args.json, args.md, markdown)
     return 0
