@@ -24,24 +24,34 @@ def _speedup_axis(ax, names, ylabel):
     ax.set_ylabel(ylabel)
 
 
-def plot_models(report, path):
-    models = list(report["models"])
-    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 4), squeeze=False)
-    for ax, name in zip(axes[0], models):
-        rows = report["models"][name]["calls"]
-        width = 0.8 / len(rows)
-        for i, row in enumerate(rows):
-            values = [row[f"{v}_speedup"] for v in VARIANTS]
-            ax.bar(np.arange(len(VARIANTS)) + (i - (len(rows) - 1) / 2) * width, values, width,
-                   label=f"batch {row['batch']} (dense {row['dense_ms']:.2f} ms)")
-        _speedup_axis(ax, VARIANTS, "speedup over dense (TF32)")
-        ax.set_title(f"{name}: model call in TensorFlow")
-        ax.legend(fontsize=8)
+def _grouped_bars(ax, names, series):
+    """One group of bars per name, one bar per series (label -> values)."""
+    width = 0.8 / len(series)
+    for i, (label, values) in enumerate(series.items()):
+        ax.bar(np.arange(len(names)) + (i - (len(series) - 1) / 2) * width, values, width,
+               label=label)
+    ax.legend(fontsize=8)
+
+
+def _save(fig, report, path):
     fig.suptitle(report["machine"]["gpu"] + ", TF " + report["machine"]["tensorflow"],
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_models(report, path):
+    models = list(report["models"])
+    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 4), squeeze=False)
+    for ax, name in zip(axes[0], models):
+        rows = report["models"][name]["calls"]
+        _grouped_bars(ax, VARIANTS, {
+            f"batch {row['batch']} (dense {row['dense_ms']:.2f} ms)":
+                [row[f"{v}_speedup"] for v in VARIANTS] for row in rows})
+        _speedup_axis(ax, VARIANTS, "speedup over dense (TF32)")
+        ax.set_title(f"{name}: model call in TensorFlow")
+    _save(fig, report, path)
 
 
 def plot_layers(report, path):
@@ -55,16 +65,10 @@ def plot_layers(report, path):
                   "standalone kernel / in TF": [1 / row["tf_over_standalone"]
                                                 if "tf_over_standalone" in row else np.nan
                                                 for row in rows]}
-        width = 0.8 / len(series)
-        for i, (label, values) in enumerate(series.items()):
-            ax.bar(np.arange(len(names)) + (i - (len(series) - 1) / 2) * width, values, width,
-                   label=label)
+        _grouped_bars(ax, names, series)
         _speedup_axis(ax, names, "ratio")
         ax.set_title(f"escort op in TensorFlow, batch {batch}")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, report, path)
 
 
 def plot_sparse24(report, path):
@@ -79,29 +83,20 @@ def plot_sparse24(report, path):
     for ax, batch in zip(axes[:, 0], batches):
         rows = [row for row in report["layers"] if row["batch"] == batch]
         names = [row["layer"] for row in rows]
-        width = 0.8 / len(series)
-        for i, (label, key) in enumerate(series.items()):
-            ax.bar(np.arange(len(names)) + (i - (len(series) - 1) / 2) * width,
-                   [row[key] for row in rows], width, label=label)
+        _grouped_bars(ax, names, {label: [row[key] for row in rows]
+                                  for label, key in series.items()})
         _speedup_axis(ax, names, "speedup")
         ax.set_title(f"2:4 op (tensor cores) in TensorFlow, batch {batch}")
-        ax.legend(fontsize=8)
     if models:
         ax = axes[-1, 0]
         rows = models["calls"]
         labels = [f"batch {row['batch']}" for row in rows]
-        for i, precision in enumerate(("f16", "bf16")):
-            ax.bar(np.arange(len(rows)) + (i - 0.5) * 0.35,
-                   [row[f"speedup_converted_{precision}_vs_dense_{precision}"] for row in rows],
-                   0.35, label=f"converted vs dense, {precision}")
+        _grouped_bars(ax, labels, {
+            f"converted vs dense, {p}": [row[f"speedup_converted_{p}_vs_dense_{p}"] for row in rows]
+            for p in ("f16", "bf16")})
         _speedup_axis(ax, labels, "speedup")
         ax.set_title("ResNet-50 pruned 2:4, model call")
-        ax.legend(fontsize=8)
-    fig.suptitle(report["machine"]["gpu"] + ", TF " + report["machine"]["tensorflow"],
-                 fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, report, path)
 
 
 def main():

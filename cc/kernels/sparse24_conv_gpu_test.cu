@@ -26,21 +26,12 @@
 #include <vector>
 
 #include "cc/kernels/csr_conv.h"
+#include "cc/kernels/cuda_check_test.h"
 #include "cc/kernels/sparse24_conv.h"
 #include "cc/kernels/sparse24_conv_gpu.h"
 
 namespace escort {
 namespace {
-
-#define CHECK_CUDA(expr)                                                \
-  do {                                                                  \
-    cudaError_t e_ = (expr);                                            \
-    if (e_ != cudaSuccess) {                                            \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, \
-                   cudaGetErrorString(e_));                             \
-      std::exit(2);                                                     \
-    }                                                                   \
-  } while (0)
 
 struct Case {
   std::string name;
