@@ -364,8 +364,10 @@ def test_whole_model_check_times_real_models(rng):
     pruned = pruned_models.prune(pruned_models.functional(), 0.8, rng)
     converted, report = escort_tf.convert(pruned, autotune=True, autotune_batch_size=2,
                                           autotune_budget_s=0.05, return_report=True)
-    assert set(report.model_ms) >= {"per_layer", "dense"} and report.model_ms.keys() <= {
-        "per_layer", "rule", "dense"}
+    # "dense" is no candidate when every layer alone chose dense (then "rule" is the other one);
+    # which layers do depends on timing, so only the shape of the check is certain.
+    assert "per_layer" in report.model_ms and len(report.model_ms) >= 2
+    assert report.model_ms.keys() <= {"per_layer", "rule", "dense"}
     assert all(ms > 0 for ms in report.model_ms.values())
     assert report.model_choice == min(report.model_ms, key=report.model_ms.get)
     sparse = {row.name for row in report if row.decision == "sparse"}
