@@ -112,6 +112,14 @@ def _padding(padding, data_format: str):
     return "EXPLICIT", amounts
 
 
+# The wrappers below branch on Python values only (shapes, attrs), never on
+# tensors, so autograph's conversion is pure cost: Keras converts every
+# subclassed layer's `call` and everything it calls, once per traced call
+# (each clone or trace of a converted model).
+_no_autograph = tf.autograph.experimental.do_not_convert
+
+
+@_no_autograph
 def sparse_conv2d(input,  # pylint: disable=redefined-builtin
                   filters: CsrFilter,
                   bias=None,
@@ -174,6 +182,7 @@ def sparse_conv2d(input,  # pylint: disable=redefined-builtin
                       activation=activation, name=name, engine=engine)
 
 
+@_no_autograph
 def csr_conv2d(input,  # pylint: disable=redefined-builtin
                row_offsets,
                column_indices,
