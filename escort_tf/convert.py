@@ -43,10 +43,16 @@ _KERAS3_MESSAGE = (
     "TensorFlow is first imported so that `tf.keras` is tf_keras.{env}")
 
 
-# Autotune's timed samples per variant and layer (fewer when the budget runs out):
-# enough for a stable median on a quiet machine, few enough that tracing and
-# warm-up, not timing, bound a layer's cost.
-_AUTOTUNE_REPS = 10
+# Autotune's timed samples per variant and layer (fewer when the budget runs
+# out), each at least this long (a fast call is repeated within a sample). On
+# an H100, ResNet-50 at batch 32, 10 samples of 5 ms made timing 9-10 s of a
+# 24-30 s autotune; 5 of 2 ms took 5 s and picked the same layers and model.
+# The whole-model check that follows catches what a short per-layer timing misjudges.
+_AUTOTUNE_REPS = 5
+_AUTOTUNE_MIN_SAMPLE_S = 0.002
+# The whole-model check's samples per candidate: three timings decide the
+# result, so they get the default sample length and more samples.
+_WHOLE_MODEL_REPS = 10
 # ... and fewer still (at least 3) once one variant's every sample beats every
 # other's by this margin: most layers are clear cuts, and the remaining
 # samples would only refine by how much.
@@ -367,7 +373,8 @@ def _autotune(plans, batch_size, budget_s):
         times = None
         if len(fns) > 1:
             try:
-                times = time_side_by_side(fns, reps=_AUTOTUNE_REPS, warmup=1, budget_s=budget_s,
+                times = time_side_by_side(fns, reps=_WHOLE_MODEL_REPS, warmup=1, budget_s=budget_s,
+                                          min_sample_s=_AUTOTUNE_MIN_SAMPLE_S,
                                           decisive_ratio=_AUTOTUNE_DECISIVE_RATIO)
             except tf.errors.OpError as e:
                 notes.append(_op_message(e))
@@ -492,7 +499,7 @@ def _whole_model_check(model, plans, rule, tuned_model, fold_batch_norm, batch_s
     try:
         for fn in fns.values():
             wait_for(fn())  # traces
-        times = time_side_by_side(fns, reps=_AUTOTUNE_REPS, warmup=1,
+        times = time_side_by_side(fns, reps=_WHOLE_MODEL_REPS, warmup=1,
                                   budget_s=budget_s * len(fns),
                                   decisive_ratio=_AUTOTUNE_DECISIVE_RATIO)
     except tf.errors.OpError as e:
@@ -553,8 +560,8 @@ def convert(model, min_sparsity=0.5, autotune=False, *, autotune_batch_size=1,
         autotune_batch_size: batch size autotune times with.
         autotune_budget_s: time budget per layer for autotune's timed calls,
             after two warm-up calls of each variant (the first traces it): up
-            to 10 samples of each, at least 3 regardless. The whole-model
-            check gets this budget per candidate model.
+            to 5 samples of each, at least 3 regardless. The whole-model
+            check gets this budget per candidate model, for up to 10 samples.
         autotune_whole_model: with `autotune`, also time the whole model
             (above) and keep the fastest of the three; needs the model's
             input shape, batch aside, to be fully known. It builds and

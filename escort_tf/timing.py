@@ -55,14 +55,14 @@ def _sample_s(fn: Callable[[], object], inner: int) -> float:
 
 def time_side_by_side(fns: Dict[str, Callable[[], object]], reps: int,
                       warmup: int = 2, budget_s: Optional[float] = None,
-                      min_reps: int = 3,
+                      min_reps: int = 3, min_sample_s: float = _MIN_SAMPLE_S,
                       decisive_ratio: Optional[float] = None) -> Dict[str, Dict[str, float]]:
     """Times several zero-argument callables in interleaved repetitions.
 
     Interleaving makes slow drifts (turbo, another process) hit every variant
     alike. Each variant is first warmed up (tracing, allocator, oneDNN
     primitive caches); the last warm-up call estimates its time, and a variant
-    faster than `_MIN_SAMPLE_S` is called several times per sample.
+    faster than `min_sample_s` is called several times per sample.
 
     Args:
         fns: name -> callable returning its computed result (tensors are
@@ -73,6 +73,8 @@ def time_side_by_side(fns: Dict[str, Callable[[], object]], reps: int,
         budget_s: if set, fewer repetitions (but at least `min(reps, min_reps)`)
             when the warm-up times say `reps` would take longer than this.
         min_reps: the fewest repetitions a budget (or `decisive_ratio`) leaves.
+        min_sample_s: a variant's calls are repeated within a sample until
+            it lasts about this long (at most 50 calls).
         decisive_ratio: if set, stop after `min_reps` repetitions once the
             fastest variant's slowest sample times this ratio is still below
             every other variant's fastest sample: more samples cannot change
@@ -85,7 +87,7 @@ def time_side_by_side(fns: Dict[str, Callable[[], object]], reps: int,
     for name, fn in fns.items():
         for _ in range(max(warmup, 1)):
             once = _sample_s(fn, 1)
-        inner[name] = max(1, min(50, int(_MIN_SAMPLE_S / max(once, 1e-6))))
+        inner[name] = max(1, min(50, int(min_sample_s / max(once, 1e-6))))
         rep_s += once * inner[name]
     if budget_s is not None:
         reps = max(min(reps, min_reps), min(reps, int(budget_s / max(rep_s, 1e-9))))

@@ -61,3 +61,12 @@ def test_budget_cuts_reps_but_not_below_min_reps(scripted):
     fns = scripted(sparse=[0.010], dense=[0.010])
     times = timing.time_side_by_side(fns, reps=10, warmup=1, budget_s=0.001, min_reps=3)
     assert times["sparse"]["reps"] == 3
+
+
+@pytest.mark.parametrize("min_sample_s, calls_per_rep", [(0.002, 2), (0.005, 5), (1.0, 50)])
+def test_min_sample_sets_calls_per_sample(scripted, min_sample_s, calls_per_rep):
+    # The warm-up sample says a call takes 1 ms: a sample repeats it up to
+    # min_sample_s, at most 50 times.
+    fns = scripted(fast=[0.001])
+    times = timing.time_side_by_side(fns, reps=3, warmup=1, min_sample_s=min_sample_s)
+    assert times["fast"]["calls_per_rep"] == calls_per_rep
