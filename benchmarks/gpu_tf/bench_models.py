@@ -139,9 +139,11 @@ def markdown(report):
         lines += [f"Autotune of {name}: " + ", ".join(
             f"batch {b}: {v['seconds']:.1f} s, {v['sparse']} of {v['timed']} layers kept sparse"
             + (f" (whole-model check kept {v['whole_model_choice']}: " + ", ".join(
-                f"{kind} {ms:.2f} ms" for kind, ms in v["whole_model_ms"].items()) + ")"
+                f"{kind} {v['whole_model_ms'][kind]:.2f} ms"
+                for kind in ("per_layer", "rule", "dense") if kind in v["whole_model_ms"]) + ")"
                if v.get("whole_model_ms") else "")
-            for b, v in result["autotune"].items()), ""]
+            # JSON keys are strings, sorted as such ("1", "32", "8").
+            for b, v in sorted(result["autotune"].items(), key=lambda item: int(item[0]))), ""]
     return "\n".join(lines)
 
 
