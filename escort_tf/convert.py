@@ -186,6 +186,7 @@ class _Plan:
     row: Optional[LayerReport] = None      # for layers with a kernel and nested models
     kernel: Optional[np.ndarray] = None    # the masked kernel, for layers with one
     input_shape: Optional[tf.TensorShape] = None  # set for sparse candidates
+    csr: Optional[CsrFilter] = None        # the masked kernel's, for supported convs
 
 
 def _check_model(model):
@@ -284,6 +285,7 @@ def _plan(layer, min_sparsity):
         row.reason = f"sparsity {sparsity:.1%} >= min_sparsity {min_sparsity:.1%}"
     if obstacles:
         row.reason += "; 2:4, but tensor cores need " + " and ".join(obstacles)
+    plan.csr = csr
     if row.decision == "sparse":
         plan.input_shape = input_shape
     return plan
@@ -295,7 +297,7 @@ def _from_config(layer):
 
 
 def _sparse_clone(plan, engine):
-    return SparseConv2D.from_conv2d(plan.inner, mask=plan.kernel != 0, engine=engine)
+    return SparseConv2D.from_conv2d(plan.inner, engine=engine, csr_filter=plan.csr)
 
 
 def _layer_engine(row):

@@ -114,7 +114,7 @@ class SparseConv2D(tf_keras.layers.Layer):
         self._initial_bias = None
 
     @classmethod
-    def from_conv2d(cls, layer, mask=None, engine="auto"):
+    def from_conv2d(cls, layer, mask=None, engine="auto", *, csr_filter=None):
         """Builds a `SparseConv2D` equal to a built dense `Conv2D`.
 
         Args:
@@ -122,6 +122,10 @@ class SparseConv2D(tf_keras.layers.Layer):
             mask: optional pruning mask of the kernel's shape; the stored
                 filter is `layer.kernel * mask` (zeros are dropped).
             engine: the new layer's `engine`.
+            csr_filter: optional `CsrFilter.from_dense(layer.kernel, mask)`
+                computed before, stored instead of computing it again (what
+                `convert` does when it clones a layer several times); then
+                `mask` is not used.
 
         Returns:
             An unbuilt `SparseConv2D` with the same name, geometry, bias,
@@ -133,7 +137,13 @@ class SparseConv2D(tf_keras.layers.Layer):
         reason = unsupported_reason(layer)
         if reason:
             raise ValueError(f"Can't convert layer {layer.name!r}: {reason}.")
-        csr = CsrFilter.from_dense(layer.kernel, mask)
+        csr = CsrFilter.from_dense(layer.kernel, mask) if csr_filter is None else csr_filter
+        kernel_dtype = np.dtype(layer.kernel.dtype.as_numpy_dtype)
+        if csr.filter_shape != tuple(layer.kernel.shape) or csr.values.dtype != kernel_dtype:
+            raise ValueError(
+                f"`csr_filter` is a {csr.values.dtype} filter of shape {csr.filter_shape}, but "
+                f"layer {layer.name!r} has a {kernel_dtype} kernel of shape "
+                f"{tuple(layer.kernel.shape)}.")
         sparse = cls(filters=layer.filters, kernel_size=layer.kernel_size, nnz=csr.nnz,
                      strides=layer.strides, padding=layer.padding,
                      data_format=layer.data_format, dilation_rate=layer.dilation_rate,

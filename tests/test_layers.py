@@ -79,6 +79,30 @@ def test_mask_is_applied_to_a_dense_kernel(rng):
     assert sparse.csr_filter.nnz == np.count_nonzero(mask)
 
 
+def test_a_given_csr_filter_is_stored_instead_of_the_kernel(rng):
+    case = Case(activation="relu")
+    conv = pruned_conv(case, rng, sparsity=0.0)  # the kernel itself is dense
+    mask = (rng.random(conv.kernel.shape) > 0.7).astype(np.float32)
+    csr = CsrFilter.from_dense(conv.kernel.numpy() * mask)
+    sparse = SparseConv2D.from_conv2d(conv, csr_filter=csr)
+    x = inputs(rng, case)
+    expected = tf.nn.relu(tf.nn.conv2d(x, conv.kernel * mask, 1, "SAME") + conv.bias)
+    np.testing.assert_allclose(sparse(x).numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+    assert sparse.csr_filter == csr
+
+
+@pytest.mark.parametrize("change", ["shape", "dtype"])
+def test_a_csr_filter_unlike_the_kernel_is_refused(rng, change):
+    conv = pruned_conv(Case(), rng)
+    kernel = conv.kernel.numpy()
+    if change == "shape":
+        kernel = kernel[:, :, :, :-1]
+    else:
+        kernel = kernel.astype(np.float16)
+    with pytest.raises(ValueError, match="`csr_filter` is a .* but layer .* has a float32 kernel"):
+        SparseConv2D.from_conv2d(conv, csr_filter=CsrFilter.from_dense(kernel))
+
+
 def test_channels_first_matches_dense(rng):
     case = Case(activation="relu", strides=2, input_shape=(4, 7, 8))
     conv = pruned_conv(case, rng, data_format="channels_first")
