@@ -1,6 +1,7 @@
 """The `escort-tf` command line: `convert` a saved model, or run the `bench`marks.
 
-    escort-tf convert SRC DST [--min-sparsity X] [--autotune [--autotune-batch-size N]] [--overwrite]
+    escort-tf convert SRC DST [--min-sparsity X] [--autotune [--autotune-batch-size N]
+        [--no-whole-model-check]] [--fold-batch-norm] [--overwrite]
     escort-tf bench [benchmark arguments...]
     python -m escort_tf ...   # the same
 
@@ -48,7 +49,13 @@ def _parser():
                          help="convert a Conv2D whose kernel has at least this fraction of "
                               "zeros (default: %(default)s)")
     convert.add_argument("--autotune", action="store_true",
-                         help="time each candidate layer sparse vs dense here; keep the faster")
+                         help="time each candidate layer's variants (dense, sparse, 2:4 on a "
+                              "GPU) here and keep the fastest, then time the whole model built "
+                              "three ways (those winners, the rule's pick, all dense) and keep "
+                              "the fastest")
+    convert.add_argument("--no-whole-model-check", action="store_true",
+                         help="with --autotune, keep the per-layer winners without timing the "
+                              "whole model (faster autotune: two model builds fewer)")
     convert.add_argument("--autotune-batch-size", type=int, default=1, metavar="N",
                          help="batch size autotune times each layer at: the one you will "
                               "serve with (default: %(default)s)")
@@ -134,11 +141,15 @@ def _convert(args):
         raise CliError(f"--min-sparsity must be in [0, 1], got {args.min_sparsity}.")
     if args.autotune_batch_size < 1:
         raise CliError(f"--autotune-batch-size must be positive, got {args.autotune_batch_size}.")
+    if args.no_whole_model_check and not args.autotune:
+        raise CliError("--no-whole-model-check needs --autotune: only autotune checks the "
+                       "whole model.")
     _check_paths(args.src, args.dst, args.overwrite)
     model = _load(args.src)
     converted, report = escort_tf.convert(model, min_sparsity=args.min_sparsity,
                                           autotune=args.autotune,
                                           autotune_batch_size=args.autotune_batch_size,
+                                          autotune_whole_model=not args.no_whole_model_check,
                                           fold_batch_norm=args.fold_batch_norm,
                                           return_report=True)
     print(report)

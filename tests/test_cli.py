@@ -144,6 +144,8 @@ def test_failed_rename_puts_the_previous_dst_back(tmp_path, monkeypatch):
                  id="bad_min_sparsity"),
     pytest.param(["model.h5", "out", "--autotune", "--autotune-batch-size", "0"],
                  "--autotune-batch-size must be positive", id="bad_autotune_batch"),
+    pytest.param(["model.h5", "out", "--no-whole-model-check"],
+                 "--no-whole-model-check needs --autotune", id="check_without_autotune"),
     pytest.param(["notes.txt", "out"], "can't load a tf_keras model", id="not_a_model"),
 ])
 def test_errors_name_the_problem(tmp_path, monkeypatch, capsys, model_and_input, args, message):
@@ -180,6 +182,18 @@ def test_autotune_batch_size_reaches_convert(tmp_path, monkeypatch, model_and_in
     assert cli.main(["convert", str(src), str(tmp_path / "out"), "--autotune",
                      "--autotune-batch-size", "4"]) == 0
     assert seen["autotune"] is True and seen["autotune_batch_size"] == 4
+    assert seen["autotune_whole_model"] is True
+
+
+def test_no_whole_model_check_reaches_convert_and_the_report(tmp_path, capsys,
+                                                             model_and_input):
+    src = tmp_path / "model.h5"
+    model_and_input[0].save(str(src))
+    argv = ["convert", str(src), str(tmp_path / "out"), "--autotune"]
+    assert cli.main(argv) == 0
+    assert "whole model at batch 1:" in capsys.readouterr().out
+    assert cli.main(argv + ["--no-whole-model-check", "--overwrite"]) == 0
+    assert "whole model" not in capsys.readouterr().out
 
 
 def test_fold_batch_norm_folds_and_the_report_says_so(tmp_path, capsys, rng):
