@@ -30,7 +30,7 @@ import tensorflow as tf
 import tf_keras
 
 from escort_tf.csr import TENSOR_CORE_CHANNELS, CsrFilter
-from escort_tf.fold import fold_batch_norm as _fold_batch_norm
+from escort_tf.fold import rebuild as _rebuild
 from escort_tf.layers import SparseConv2D, unsupported_reason
 from escort_tf.timing import time_side_by_side, wait_for
 
@@ -409,38 +409,37 @@ def _set_decisions(plans, decisions):
 
 
 def _build(model, plans, fold_batch_norm):
-    """Clones `model` with each layer as its plan's row decides.
+    """Rebuilds `model` with each layer as its plan's row decides.
 
     Returns:
         `(model, removed)`: the new model, and for `fold_batch_norm` the
         layers folded into each conv (`escort_tf.fold`), else `{}`.
     """
-    pending = []  # (cloned layer, weights): set once clone_model has built them
-
-    def dense_clone(inner, weights):
+    def clone_nested(layer):
+        if isinstance(layer, tf_keras.Model):
+            return tf_keras.models.clone_model(layer, clone_function=clone_nested)
+        inner, weights = _unwrap(layer)
         clone = _from_config(inner)
         pending.append((clone, weights))
         return clone
 
-    def clone_nested(layer):
-        if isinstance(layer, tf_keras.Model):
-            return tf_keras.models.clone_model(layer, clone_function=clone_nested)
-        return dense_clone(*_unwrap(layer))
-
-    def clone(layer):
+    def replace(layer):
         plan = plans[id(layer)]
         if isinstance(layer, tf_keras.Model):
-            return clone_nested(layer)
+            nested = clone_nested(layer)
+            for clone, weights in pending:
+                clone.set_weights(weights)
+            pending.clear()
+            return nested, nested.get_weights()
         if plan.row is not None and plan.row.decision == "sparse":
-            return _sparse_clone(plan, _layer_engine(plan.row))
-        return dense_clone(plan.inner, plan.weights)
+            csr = plan.csr
+            bias = [plan.weights[1]] if plan.inner.use_bias else []
+            return (_sparse_clone(plan, _layer_engine(plan.row)),
+                    [csr.row_offsets, csr.column_indices, csr.values, *bias])
+        return _from_config(plan.inner), plan.weights
 
-    converted = tf_keras.models.clone_model(model, clone_function=clone)
-    for layer, weights in pending:
-        layer.set_weights(weights)
-    if not fold_batch_norm:
-        return converted, {}
-    return _fold_batch_norm(converted)
+    pending = []  # a nested model's layers and their weights, set once it is built
+    return _rebuild(model, replace, fold=fold_batch_norm)
 
 
 def _model_inputs(model, batch_size):

@@ -23,7 +23,7 @@ Example:
     removed   # {"conv1_conv": ["conv1_bn", "conv1_relu"], ...}
 """
 
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import tf_keras
@@ -47,7 +47,8 @@ def _is_foldable_batch_norm(layer, data_format: str) -> bool:
         return False
     if layer.renorm or layer.virtual_batch_size or layer.adjustment or layer.synchronized:
         return False  # inference is not the plain per-channel affine map
-    return len(layer.axis) == 1 and layer.axis[0] in _CHANNEL_AXES[data_format]
+    axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]  # unbuilt: an int
+    return len(axis) == 1 and axis[0] in _CHANNEL_AXES[data_format]
 
 
 def _is_ref(item) -> bool:
@@ -81,15 +82,20 @@ def _renamed(item, renames: Dict[str, str]):
 
 
 class _Graph:
-    """Who reads each layer's output, from a model's config."""
+    """Who reads each layer's output, from a model's config.
 
-    def __init__(self, model, config):
-        self.sequential = isinstance(model, tf_keras.Sequential)
-        self.layers = {layer.name: layer for layer in model.layers}
+    `layers` maps each non-input layer's name in `config` to the layer that
+    config entry describes (built or not): its type and attributes decide
+    what folds.
+    """
+
+    def __init__(self, sequential: bool, config, layers: Dict[str, tf_keras.layers.Layer]):
+        self.sequential = sequential
+        self.layers = layers
         self.entries = {entry["config"]["name"]: entry for entry in config["layers"]}
         self.readers: Dict[str, List[str]] = {name: [] for name in self.entries}
         if self.sequential:
-            names = [layer.name for layer in model.layers]
+            names = list(layers)
             for name, reader in zip(names, names[1:]):
                 self.readers[name].append(reader)
             return
@@ -102,7 +108,7 @@ class _Graph:
     def called_once(self, name: str) -> bool:
         return self.sequential or len(self.entries[name]["inbound_nodes"]) == 1
 
-    def sole_reader(self, name: str):
+    def sole_reader(self, name: str) -> Optional[str]:
         """The layer that alone reads `name`'s output, as its only input, or None.
 
         Both must be called once, and the call may pass `training=False` at most.
@@ -117,52 +123,70 @@ class _Graph:
             (node,) = self.entries[reader]["inbound_nodes"]
             if len(node) != 1 or node[0][3:] not in ([], [{}], [{"training": False}]):
                 return None
-        return self.layers[reader]
+        return reader
 
 
-def _folded_weights(conv, batch_norm) -> Dict[str, np.ndarray]:
-    """The weights of `conv` with `batch_norm`'s inference map folded in, by attribute name.
+def _batch_norm_arrays(batch_norm, weights: List[np.ndarray]) -> Dict[str, np.ndarray]:
+    """`batch_norm`'s weights by name, from its `get_weights()` order."""
+    names = (["gamma"] if batch_norm.scale else []) + (["beta"] if batch_norm.center else [])
+    return dict(zip(names + ["moving_mean", "moving_variance"], weights))
+
+
+def _folded_weights(conv, conv_weights: List[np.ndarray], batch_norm,
+                    batch_norm_weights: List[np.ndarray]) -> List[np.ndarray]:
+    """`conv_weights` (its `get_weights()` order) with `batch_norm`'s inference map folded in.
 
     The folded convolution always has a bias.
     """
     dtype = conv.dtype  # the variables' dtype, also under a mixed policy
-    inv_std = 1.0 / np.sqrt(batch_norm.moving_variance.numpy().astype(np.float64)
-                            + batch_norm.epsilon)
-    scale = inv_std * (batch_norm.gamma.numpy() if batch_norm.scale else 1.0)
-    shift = batch_norm.beta.numpy() if batch_norm.center else 0.0
-    bias = conv.bias.numpy().astype(np.float64) if conv.use_bias else 0.0
-    folded_bias = ((bias - batch_norm.moving_mean.numpy()) * scale + shift).astype(dtype)
+    bn = _batch_norm_arrays(batch_norm, batch_norm_weights)
+    inv_std = 1.0 / np.sqrt(bn["moving_variance"].astype(np.float64) + batch_norm.epsilon)
+    scale = inv_std * bn.get("gamma", 1.0)
+    shift = bn.get("beta", 0.0)
     if isinstance(conv, SparseConv2D):
-        csr = conv.csr_filter
-        return {"row_offsets": csr.row_offsets, "column_indices": csr.column_indices,
-                "values": (csr.values * scale[csr.row_ids]).astype(dtype), "bias": folded_bias}
-    return {"kernel": (conv.kernel.numpy() * scale).astype(dtype), "bias": folded_bias}
+        row_offsets, column_indices, values = conv_weights[:3]
+        bias = conv_weights[3].astype(np.float64) if conv.use_bias else 0.0
+        row_ids = np.repeat(np.arange(len(row_offsets) - 1), np.diff(row_offsets))
+        folded_filter = [row_offsets, column_indices, (values * scale[row_ids]).astype(dtype)]
+    else:
+        bias = conv_weights[1].astype(np.float64) if conv.use_bias else 0.0
+        folded_filter = [(conv_weights[0] * scale).astype(dtype)]
+    return folded_filter + [((bias - bn["moving_mean"]) * scale + shift).astype(dtype)]
 
 
 class _Link(NamedTuple):
-    """What folds into one convolution: a batch norm, a ReLU/ReLU6 layer, or both."""
+    """What folds into one convolution: a batch norm, a ReLU/ReLU6 layer, or both (by name)."""
 
-    batch_norm: Optional[tf_keras.layers.Layer]
-    activation_layer: Optional[tf_keras.layers.Layer]
+    batch_norm: Optional[str]
+    activation_layer: Optional[str]
 
     def names(self) -> List[str]:
-        return [layer.name for layer in (self.batch_norm, self.activation_layer) if layer]
+        return [name for name in (self.batch_norm, self.activation_layer) if name]
 
 
-def _find_links(model, graph: _Graph) -> Dict[str, _Link]:
+def _find_links(graph: _Graph) -> Dict[str, _Link]:
     links = {}
-    for conv in model.layers:
-        if not (_is_foldable_conv(conv) and graph.called_once(conv.name)):
+    for name, conv in graph.layers.items():
+        if not (_is_foldable_conv(conv) and graph.called_once(name)):
             continue
-        batch_norm = graph.sole_reader(conv.name)
-        if batch_norm is None or not _is_foldable_batch_norm(batch_norm, conv.data_format):
+        batch_norm = graph.sole_reader(name)
+        if batch_norm is None or not _is_foldable_batch_norm(graph.layers[batch_norm],
+                                                              conv.data_format):
             batch_norm = None
-        activation_layer = graph.sole_reader(batch_norm.name if batch_norm else conv.name)
-        if activation_layer is None or activation_layer_name(activation_layer) is None:
+        activation_layer = graph.sole_reader(batch_norm or name)
+        if activation_layer is None or activation_layer_name(
+                graph.layers[activation_layer]) is None:
             activation_layer = None
         if batch_norm or activation_layer:
-            links[conv.name] = _Link(batch_norm, activation_layer)
+            links[name] = _Link(batch_norm, activation_layer)
     return links
+
+
+def _model_graph(model) -> _Graph:
+    config = model.get_config()
+    sequential = isinstance(model, tf_keras.Sequential)
+    return _Graph(sequential, config, {layer.name: layer for layer in model.layers
+                                       if not isinstance(layer, tf_keras.layers.InputLayer)})
 
 
 def foldable_layers(model) -> Dict[str, List[str]]:
@@ -172,8 +196,88 @@ def foldable_layers(model) -> Dict[str, List[str]]:
 
         n = sum(map(len, foldable_layers(model).values()))
     """
-    graph = _Graph(model, model.get_config())
-    return {conv: link.names() for conv, link in _find_links(model, graph).items()}
+    return {conv: link.names() for conv, link in _find_links(_model_graph(model)).items()}
+
+
+Replace = Callable[[tf_keras.layers.Layer], Tuple[tf_keras.layers.Layer, List[np.ndarray]]]
+
+
+def rebuild(model, replace: Replace,
+            fold: bool) -> Tuple[tf_keras.Model, Dict[str, List[str]]]:
+    """Rebuilds `model` from its config with each layer replaced, folding in the same pass.
+
+    One `from_config` of the edited config: cloning a model and then folding
+    it would build every layer twice.
+
+    Args:
+        model: a built Sequential or functional tf_keras model. It is not modified.
+        replace: `layer -> (new_layer, weights)` for each non-input layer: the
+            rebuilt model gets a layer with `new_layer`'s class and config
+            (and name) in its place, holding `weights` (`set_weights` order).
+            `new_layer` need not be built; a nested model is rebuilt from its
+            config the same way, and its weights are all of its weights.
+        fold: fold batch norms and ReLUs into the convolutions before them,
+            as `fold_batch_norm` describes.
+
+    Returns:
+        `(rebuilt_model, removed)`: `removed` names, for each convolution
+        that absorbed layers, those layers in order (new names).
+    """
+    config = model.get_config()
+    sequential = isinstance(model, tf_keras.Sequential)
+    originals = {layer.name: layer for layer in model.layers
+                 if not isinstance(layer, tf_keras.layers.InputLayer)}
+    layers, weights, renames, entries = {}, {}, {}, []
+    for entry in config["layers"]:
+        original = originals.get(entry["config"]["name"])
+        if original is None:  # an input layer
+            entries.append(entry)
+            continue
+        new_layer, new_weights = replace(original)
+        new_entry = tf_keras.layers.serialize(new_layer)
+        if not sequential:
+            new_entry.update(name=new_layer.name, inbound_nodes=entry["inbound_nodes"])
+        entries.append(new_entry)
+        renames[original.name] = new_layer.name
+        layers[new_layer.name] = new_layer
+        weights[new_layer.name] = new_weights
+    config["layers"] = entries
+
+    removed: Dict[str, List[str]] = {}
+    graph = _Graph(sequential, _renamed_config(config, renames, sequential), layers)
+    if fold:
+        for conv, link in _find_links(graph).items():
+            removed[conv] = link.names()
+            conv_config = graph.entries[conv]["config"]
+            if link.batch_norm:
+                weights[conv] = _folded_weights(layers[conv], weights[conv],
+                                                layers[link.batch_norm], weights[link.batch_norm])
+                conv_config["use_bias"] = True
+            if link.activation_layer:
+                conv_config["activation"] = activation_layer_name(layers[link.activation_layer])
+    folded_into = {name: conv for conv, names in removed.items() for name in names}
+    _renamed_config(config, folded_into, sequential, drop=folded_into)
+
+    # Classes by name, for custom layers that are not registered with Keras.
+    custom_objects = {type(layer).__name__: type(layer) for layer in layers.values()}
+    rebuilt = type(model).from_config(config, custom_objects=custom_objects)
+    for name, layer_weights in weights.items():
+        if name not in folded_into:
+            rebuilt.get_layer(name).set_weights(layer_weights)
+    return rebuilt, removed
+
+
+def _renamed_config(config, names: Dict[str, str], sequential: bool, drop=()):
+    """`config` (edited in place) without the entries of the layers in `drop`,
+    and with references renamed by `names`."""
+    config["layers"] = [entry for entry in config["layers"]
+                        if entry["config"]["name"] not in drop]
+    if not sequential:
+        for entry in config["layers"]:
+            entry["inbound_nodes"] = _renamed(entry["inbound_nodes"], names)
+        for key in ("input_layers", "output_layers"):
+            config[key] = _renamed(config[key], names)
+    return config
 
 
 def fold_batch_norm(model) -> Tuple[tf_keras.Model, Dict[str, List[str]]]:
@@ -193,34 +297,6 @@ def fold_batch_norm(model) -> Tuple[tf_keras.Model, Dict[str, List[str]]]:
 
         folded, removed = fold_batch_norm(model)
     """
-    config = model.get_config()
-    graph = _Graph(model, config)
-    links = _find_links(model, graph)
-    if not links:
+    if not foldable_layers(model):
         return model, {}
-    removed = {conv: link.names() for conv, link in links.items()}
-    folded_weights: Dict[str, Dict[str, np.ndarray]] = {}
-    for conv, link in links.items():
-        conv_config = graph.entries[conv]["config"]
-        if link.batch_norm:
-            folded_weights[conv] = _folded_weights(graph.layers[conv], link.batch_norm)
-            conv_config["use_bias"] = True
-        if link.activation_layer:
-            conv_config["activation"] = activation_layer_name(link.activation_layer)
-
-    renames = {name: conv for conv, names in removed.items() for name in names}
-    config["layers"] = [_renamed(entry, renames) for entry in config["layers"]
-                        if entry["config"]["name"] not in renames]
-    if not graph.sequential:
-        config["output_layers"] = _renamed(config["output_layers"], renames)
-    # Classes by name, for custom layers that are not registered with Keras.
-    custom_objects = {type(layer).__name__: type(layer) for layer in model.layers}
-    folded = type(model).from_config(config, custom_objects=custom_objects)
-    for layer in folded.layers:
-        weights = folded_weights.get(layer.name)
-        if weights is None:
-            layer.set_weights(graph.layers[layer.name].get_weights())
-            continue
-        for name, value in weights.items():
-            getattr(layer, name).assign(value)
-    return folded, removed
+    return rebuild(model, lambda layer: (layer, layer.get_weights()), fold=True)

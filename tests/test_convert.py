@@ -132,6 +132,58 @@ def test_nested_model_layers_are_copies(rng):
                                   model.get_layer("inner_model").get_layer("inner_conv").kernel)
 
 
+def test_pruned_model_with_batch_norms_and_a_nested_model_folds_in_one_rebuild(rng):
+    # TFMOT wraps the convs, batch norms and ReLUs alike: the rebuilt model
+    # takes the inner layers' names, and folding works on those.
+    x = tf_keras.Input((8, 8, 4))
+    y = L.Conv2D(8, 3, padding="same", name="conv_a")(x)
+    y = L.BatchNormalization(name="conv_a_bn")(y)
+    y = L.ReLU(name="conv_a_relu")(y)
+    inner = tf_keras.Sequential([tf_keras.Input((8, 8, 8)), L.Conv2D(4, 1, name="inner_conv"),
+                                 L.BatchNormalization(name="inner_bn")], name="inner_model")
+    model = tf_keras.Model(x, L.GlobalAveragePooling2D(name="pool")(inner(y)))
+    for layer in (model.get_layer("conv_a_bn"), inner.get_layer("inner_bn")):
+        n = layer.gamma.shape[0]
+        layer.set_weights([rng.random(n) + 0.5, rng.standard_normal(n),
+                           rng.standard_normal(n), rng.random(n) + 0.5])
+    pruned = pruned_models.prune(model, 0.8, rng)
+    assert is_pruning_wrapper(pruned.layers[1]) and is_pruning_wrapper(pruned.layers[2])
+    converted, report = escort_tf.convert(pruned, fold_batch_norm=True, return_report=True)
+    types = layer_types(converted)
+    assert types["conv_a"] == "SparseConv2D" and types["inner_model"] == "Sequential"
+    assert "conv_a_bn" not in types and "conv_a_relu" not in types
+    assert not any(name.startswith("prune_low_magnitude") for name in types)
+    assert report["conv_a"].folded == ("conv_a_bn", "conv_a_relu")
+    assert converted.get_layer("conv_a").activation is tf_keras.activations.relu
+    # Nested models are copied as they are, their batch norm included.
+    assert [type(layer).__name__ for layer in converted.get_layer("inner_model").layers] == [
+        "Conv2D", "BatchNormalization"]
+    # By hand (clone_model, which masked_reference uses, can't copy this nested
+    # pruned model): each conv with kernel * mask, each batch norm in inference mode.
+    def masked_conv(layer, y):
+        if is_pruning_wrapper(layer):
+            (kernel, mask, _), = layer.pruning_vars
+            layer = layer.layer
+        else:
+            kernel, mask = layer.kernel, 1.0
+        return tf.nn.conv2d(y, kernel * mask, 1, "SAME") + layer.bias
+
+    def batch_norm(layer, y):
+        layer = getattr(layer, "layer", layer)
+        return tf.nn.batch_normalization(y, layer.moving_mean, layer.moving_variance,
+                                         layer.beta, layer.gamma, layer.epsilon)
+
+    x = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
+    by_name = {getattr(layer, "layer", layer).name: layer for layer in pruned.layers}
+    y = tf.nn.relu(batch_norm(by_name["conv_a_bn"],
+                              masked_conv(by_name["conv_a"], x)))
+    pruned_inner = by_name["inner_model"]
+    inner_layers = {getattr(layer, "layer", layer).name: layer for layer in pruned_inner.layers}
+    y = batch_norm(inner_layers["inner_bn"], masked_conv(inner_layers["inner_conv"], y))
+    np.testing.assert_allclose(converted(x).numpy(), tf.reduce_mean(y, [1, 2]).numpy(),
+                               rtol=1e-4, atol=1e-4)
+
+
 def _shared_conv_two_sizes():
     small, large = tf_keras.Input((6, 6, 3)), tf_keras.Input((9, 9, 3))
     conv = L.Conv2D(4, 3, activation="relu", name="shared")
