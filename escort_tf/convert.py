@@ -375,7 +375,7 @@ def _autotune(plans, batch_size, budget_s):
         times = None
         if len(fns) > 1:
             try:
-                times = time_side_by_side(fns, reps=_WHOLE_MODEL_REPS, warmup=1, budget_s=budget_s,
+                times = time_side_by_side(fns, reps=_AUTOTUNE_REPS, warmup=1, budget_s=budget_s,
                                           min_sample_s=_AUTOTUNE_MIN_SAMPLE_S,
                                           decisive_ratio=_AUTOTUNE_DECISIVE_RATIO)
             except tf.errors.OpError as e:

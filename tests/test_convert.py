@@ -349,6 +349,24 @@ def _fake_model_times(per_layer_fastest, model_ms):
     return fake_times, timed
 
 
+def test_autotune_times_layers_briefly_and_the_whole_model_longer(rng, monkeypatch):
+    # As convert's docstring says: up to 5 short samples per layer variant, up
+    # to 10 default-length samples per whole-model candidate.
+    fake_times, timed = _fake_model_times("cuda_cores", {"per_layer": 1.0, "dense": 2.0})
+    calls = []
+
+    def spy(fns, **kwargs):
+        calls.append(kwargs)
+        return fake_times(fns, **kwargs)
+
+    monkeypatch.setattr(sys.modules["escort_tf.convert"], "time_side_by_side", spy)
+    escort_tf.convert(pruned_models.prune(pruned_models.functional(), 0.8, rng), autotune=True)
+    *per_layer, whole_model = calls
+    assert len(per_layer) == 3 and timed[-1] == ["per_layer", "dense"]
+    assert all(c["reps"] == 5 and c["min_sample_s"] == 0.002 for c in per_layer)
+    assert whole_model["reps"] == 10 and "min_sample_s" not in whole_model
+
+
 def _bn_model():
     """Two convs, each followed by a batch norm and a ReLU that fold into it."""
     x = tf_keras.Input((8, 8, 4))
