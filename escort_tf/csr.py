@@ -65,6 +65,11 @@ def _index_array(value, name):
     return array.astype(np.int32)
 
 
+def row_ids_of(row_offsets) -> np.ndarray:
+    """int64 `[nnz]`: the row of each stored weight, from CSR row offsets."""
+    return np.repeat(np.arange(len(row_offsets) - 1), np.diff(row_offsets))
+
+
 class CsrFilter:
     """An immutable sparse conv filter in CSR form (see the module docstring).
 
@@ -213,7 +218,7 @@ class CsrFilter:
     @property
     def row_ids(self):
         """int64 `[nnz]`: the row (output channel) of each stored weight."""
-        return np.repeat(np.arange(self._filter_shape[3]), np.diff(self._row_offsets))
+        return row_ids_of(self._row_offsets)
 
     @property
     def row_offsets(self):

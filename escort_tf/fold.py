@@ -29,6 +29,7 @@ import numpy as np
 import tf_keras
 
 from escort_tf.activations import activation_layer_name
+from escort_tf.csr import row_ids_of
 from escort_tf.layers import SparseConv2D
 
 # The channel axis of each data format, in both signs BatchNormalization accepts.
@@ -146,8 +147,8 @@ def _folded_weights(conv, conv_weights: List[np.ndarray], batch_norm,
     if isinstance(conv, SparseConv2D):
         row_offsets, column_indices, values = conv_weights[:3]
         bias = conv_weights[3].astype(np.float64) if conv.use_bias else 0.0
-        row_ids = np.repeat(np.arange(len(row_offsets) - 1), np.diff(row_offsets))
-        folded_filter = [row_offsets, column_indices, (values * scale[row_ids]).astype(dtype)]
+        folded_filter = [row_offsets, column_indices,
+                         (values * scale[row_ids_of(row_offsets)]).astype(dtype)]
     else:
         bias = conv_weights[1].astype(np.float64) if conv.use_bias else 0.0
         folded_filter = [(conv_weights[0] * scale).astype(dtype)]
