@@ -342,18 +342,30 @@ def _progress(items, desc):
         yield item
 
 
+def _dense_geometry(layer, x):
+    """What a dense layer's time depends on: its config but its name, and its input's shape and dtype.
+
+    Not its weights' values: a dense convolution does the same work whatever they are.
+    """
+    config = {key: value for key, value in layer.get_config().items() if key != "name"}
+    return type(layer).__name__, repr(sorted(config.items())), tuple(x.shape), x.dtype.name
+
+
 def _autotune(plans, batch_size, budget_s):
     candidates = [p for p in plans if p.row is not None and p.row.decision == "sparse"]
     on_gpu = _has_gpu()
+    # Dense time per geometry, and the layer it was timed on: a model repeats
+    # geometries (ResNet-50: 53 convs, 20 geometries; VGG-16: 13 and 9), and timing a
+    # repeat's dense variant again would cost a trace, a first call and
+    # samples to learn the same number.
+    dense_timed = {}
     for plan in _progress(candidates, "escort_tf autotune"):
         row, shape = plan.row, plan.input_shape[1:]
         if not shape.is_fully_defined():
             row.reason += f"; autotune skipped: input shape {plan.input_shape} has unknown dims"
             continue
         x = tf.random.uniform([batch_size, *shape], dtype=plan.inner.compute_dtype)
-        dense = _from_config(plan.inner)
-        dense.build(x.shape)
-        dense.set_weights(plan.weights)
+        geometry = _dense_geometry(plan.inner, x)
         engines, notes = ["cuda_cores"], []
         if row.engine == "tensor_cores_2_4":
             if on_gpu:
@@ -362,9 +374,12 @@ def _autotune(plans, batch_size, budget_s):
                 notes.append("tensor_cores_2_4 not timed: no GPU")
         # Graphs, as in a model: eager calls would time Python and op dispatch.
         # Sparse variants first: on a tie, min() below keeps the sparse layer.
-        calls = {**{engine: tf.function(_sparse_clone(plan, engine).__call__)
-                    for engine in engines},
-                 "dense": tf.function(dense.__call__)}
+        calls = {engine: tf.function(_sparse_clone(plan, engine).__call__) for engine in engines}
+        if geometry not in dense_timed:
+            dense = _from_config(plan.inner)
+            dense.build(x.shape)
+            dense.set_weights(plan.weights)
+            calls["dense"] = tf.function(dense.__call__)
         fns = {name: lambda call=call: call(x) for name, call in calls.items()}
         for name in list(fns):
             try:  # the first call traces; a variant this device has no kernel for fails here
@@ -373,7 +388,8 @@ def _autotune(plans, batch_size, budget_s):
                 notes.append(f"{name} failed: {_op_message(e)}")
                 del fns[name]
         times = None
-        if len(fns) > 1:
+        sparse_left = any(name != "dense" for name in fns)
+        if sparse_left and (len(fns) > 1 or geometry in dense_timed):
             try:
                 times = time_side_by_side(fns, reps=_AUTOTUNE_REPS, warmup=1, budget_s=budget_s,
                                           min_sample_s=_AUTOTUNE_MIN_SAMPLE_S,
@@ -384,6 +400,11 @@ def _autotune(plans, batch_size, budget_s):
             row.reason += f"; autotune failed, kept: {notes[-1]}"
             continue
         median = {name: t["median_ms"] for name, t in times.items()}
+        if "dense" in median:
+            dense_timed[geometry] = (median["dense"], plan.inner.name)
+        else:
+            median["dense"], timed_on = dense_timed[geometry]
+            notes.append(f"dense timed on {timed_on} (same geometry)")
         row.sparse_ms = median.get("cuda_cores")
         row.tensor_cores_ms = median.get("tensor_cores_2_4")
         row.dense_ms = median.get("dense")
@@ -542,8 +563,10 @@ def convert(model, min_sparsity=0.5, autotune=False, *, autotune_batch_size=1,
     With `autotune=True` each sparse layer is then timed on this device as a
     dense `Conv2D`, on the CSR kernel and, on a GPU and where the first rule
     applies, on tensor cores; the fastest wins (engine "auto" for tensor
-    cores, "cuda_cores" for the CSR kernel). A variant that fails (a GPU
-    without sparse tensor cores) is left out of the comparison. On a CPU
+    cores, "cuda_cores" for the CSR kernel); a dense layer of a geometry
+    already timed in this model (same config, input shape and dtype) takes
+    that time. A variant that fails (a GPU without sparse tensor cores) is
+    left out of the comparison. On a CPU
     the GPU kernels can't be compared, so the rule's engine stays. Then,
     with `autotune_whole_model`, the whole model is timed three ways: with
     those per-layer winners, as the rules above convert it, and all dense

@@ -367,6 +367,37 @@ def test_autotune_times_layers_briefly_and_the_whole_model_longer(rng, monkeypat
     assert whole_model["reps"] == 10 and "min_sample_s" not in whole_model
 
 
+def test_autotune_times_a_repeated_geometry_dense_once(rng, monkeypatch):
+    # conv_b and conv_c share a geometry (8 -> 8 channels, 3x3, same input
+    # shape); conv_a reads 4 channels, and conv_d differs from conv_c only in
+    # its activation.
+    x = tf_keras.Input((8, 8, 4))
+    y = L.Conv2D(8, 3, padding="same", name="conv_a")(x)
+    y = L.Conv2D(8, 3, padding="same", name="conv_b")(y)
+    y = L.Conv2D(8, 3, padding="same", name="conv_c")(y)
+    y = L.Conv2D(8, 3, padding="same", activation="relu", name="conv_d")(y)
+    model = tf_keras.Model(x, y)
+    for layer in model.layers[1:]:
+        layer.kernel.assign(layer.kernel * (rng.random(layer.kernel.shape) > 0.9))
+    dense_ms = {"conv_a": 1.0, "conv_b": 3.0, "conv_d": 0.5}
+    timed = []
+
+    def fake_times(fns, **kwargs):
+        name = next(n for n in dense_ms if n not in timed) if "dense" in fns else None
+        timed.append(name if name else list(fns))
+        return {variant: {"median_ms": dense_ms[name] if variant == "dense" else 2.0}
+                for variant in fns}
+
+    monkeypatch.setattr(sys.modules["escort_tf.convert"], "time_side_by_side", fake_times)
+    _, report = escort_tf.convert(model, autotune=True, autotune_whole_model=False,
+                                  return_report=True)
+    assert timed == ["conv_a", "conv_b", ["cuda_cores"], "conv_d"]
+    assert report["conv_c"].dense_ms == 3.0 and report["conv_c"].decision == "sparse"
+    assert report["conv_c"].reason.endswith("; dense timed on conv_b (same geometry)")
+    assert [report[n].decision for n in ("conv_a", "conv_b", "conv_d")] == [
+        "dense", "sparse", "dense"]
+
+
 def _bn_model():
     """Two convs, each followed by a batch norm and a ReLU that fold into it."""
     x = tf_keras.Input((8, 8, 4))

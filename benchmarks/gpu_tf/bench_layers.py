@@ -167,9 +167,11 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--chain", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="two layers, few repetitions")
+    parser.add_argument("--layers", default="", help="comma-separated layer names (default: all)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
-    layers = LAYERS[:2] if args.quick else LAYERS
+    layers = [layer for layer in LAYERS if not args.layers or layer.name in args.layers.split(",")]
+    layers = layers[:2] if args.quick else layers
     reps = 3 if args.quick else args.reps
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
