@@ -28,17 +28,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 import escort_tf  # noqa: E402
-from escort_tf import skimcaffe_models  # noqa: E402
+from escort_tf import measurement, skimcaffe_models  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_tf"))
+import common  # noqa: E402  (benchmarks/gpu_tf: the GPU and CUDA versions)
 
 VARIANTS = {"convert": {}, "convert_fold": {"fold_batch_norm": True},
             "autotune_fold": {"autotune": True, "fold_batch_norm": True}}
-
-
-def _device():
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
-    return f"CPU ({os.cpu_count()} cores)"
 
 
 def main(argv=None):
@@ -57,12 +53,11 @@ def main(argv=None):
         parser.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     build, sparsity_of = skimcaffe_models.MODELS[args.model]
     dense, _ = skimcaffe_models.prune_like_skimcaffe(build(args.image_size), sparsity_of)
+    autotune_batches = [int(b) for b in args.batches.split(",")]
     runs = []
     for round_index in range(args.reps):
         for name in variants:
-            batches = [int(b) for b in args.batches.split(",")] if VARIANTS[name].get("autotune") \
-                else [None]
-            for batch in batches:
+            for batch in autotune_batches if VARIANTS[name].get("autotune") else [None]:
                 kwargs = dict(VARIANTS[name], return_report=True)
                 if batch is not None:
                     kwargs["autotune_batch_size"] = batch
@@ -83,7 +78,8 @@ def main(argv=None):
         key = run["variant"] + (f"_b{run['batch']}" if run["batch"] is not None else "")
         seconds.setdefault(key, []).append(run["seconds"])
     report = {"model": args.model, "image_size": args.image_size, "commit": commit,
-              "device": _device(), "tensorflow": tf.__version__, "cpus": os.cpu_count(),
+              "machine": (common.machine_info() if tf.config.list_physical_devices("GPU")
+                          else measurement.machine_info()),
               "seconds": seconds, "runs": runs, "command": " ".join(sys.argv)}
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)

@@ -402,7 +402,7 @@ def _autotune(plans, batch_size, budget_s):
         median = {name: t["median_ms"] for name, t in times.items()}
         if "dense" in median:
             dense_timed[geometry] = (median["dense"], plan.inner.name)
-        else:
+        elif geometry in dense_timed:  # else dense failed: the sparse engines were compared
             median["dense"], timed_on = dense_timed[geometry]
             notes.append(f"dense timed on {timed_on} (same geometry)")
         row.sparse_ms = median.get("cuda_cores")
