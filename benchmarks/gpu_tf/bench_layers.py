@@ -2,9 +2,9 @@
 
 Layers: each layer of `escort_tf.layer_table` at its SkimCaffe density, NHWC,
 fp32, no bias, at batch 1 and 32. One `tf.function` runs `--calls`
-convolutions back to back on rotating inputs, as a model's layers follow
-each other, and is timed with its outputs read back; time per call = that
-over `--calls`. Side by side: the op, `tf.nn.conv2d` (cuDNN) with TF32 on
+convolutions back to back, each with its own filter, on rotating inputs, as
+a model's layers follow each other, and is timed until the GPU is done
+(nothing is copied back); time per call = that over `--calls`. Side by side: the op, `tf.nn.conv2d` (cuDNN) with TF32 on
 (TF's default) and off. `--kernel-json` merges the standalone kernel's
 device times from benchmarks/gpu/bench.py (CUDA-graph replays, no host cost),
 so the TF path's overhead reads as a ratio.
@@ -47,9 +47,12 @@ def random_csr(rng, shape, density):
 
 
 def bench_layer(layer, batch, calls, reps, rng):
-    csr = random_csr(rng, (layer.kernel, layer.kernel, layer.in_channels, layer.out_channels),
-                     layer.skimcaffe_density)
-    kernel = tf.constant(csr.to_dense())
+    shape = (layer.kernel, layer.kernel, layer.in_channels, layer.out_channels)
+    # A filter per call, as a model's layers have: with one filter, calls on
+    # the same input are identical and grappler's common-subexpression
+    # elimination runs them once (20 calls over 5 inputs ran 5 convolutions).
+    csrs = [random_csr(rng, shape, layer.skimcaffe_density) for _ in range(calls)]
+    kernels = [tf.constant(csr.to_dense()) for csr in csrs]
     # Input sets to rotate through, as many as benchmarks/gpu/bench.py uses, so
     # that both read inputs from L2 alike (or not at all).
     in_bytes = 4 * batch * layer.height * layer.width * layer.in_channels
@@ -62,26 +65,22 @@ def bench_layer(layer, batch, calls, reps, rng):
     def chain(conv):
         @tf.function
         def run():
-            return [conv(xs[i % len(xs)]) for i in range(calls)]
+            return [conv(xs[i % len(xs)], i) for i in range(calls)]
+        return run  # time_side_by_side waits for the device, copying nothing back
 
-        def call():
-            outputs = run()
-            tf.test.experimental.sync_devices()  # all of them done, none copied back
-            return outputs
-        return call
-
-    escort = chain(lambda x: escort_tf.sparse_conv2d(x, csr, strides=stride, padding=padding))
-    cudnn = chain(lambda x: tf.nn.conv2d(x, kernel, stride, [[0, 0], *padding, [0, 0]]))
+    escort = chain(lambda x, i: escort_tf.sparse_conv2d(x, csrs[i], strides=stride,
+                                                        padding=padding))
+    cudnn = chain(lambda x, i: tf.nn.conv2d(x, kernels[i], stride, [[0, 0], *padding, [0, 0]]))
     times = time_side_by_side({"escort": escort, "cudnn_tf32": cudnn}, reps=reps, warmup=2)
     with common.tf32(False):  # not flipped inside the rounds (see bench_models.py)
         times.update(time_side_by_side({"cudnn_fp32": cudnn}, reps=reps, warmup=2))
     with common.tf32(False):
         error = common.relative_error(
-            escort_tf.sparse_conv2d(xs[0], csr, strides=stride, padding=padding),
-            tf.nn.conv2d(tf.cast(xs[0], tf.float64), tf.cast(kernel, tf.float64), stride,
+            escort_tf.sparse_conv2d(xs[0], csrs[0], strides=stride, padding=padding),
+            tf.nn.conv2d(tf.cast(xs[0], tf.float64), tf.cast(kernels[0], tf.float64), stride,
                          [[0, 0], *padding, [0, 0]]))
     row = {"layer": layer.name, "batch": batch, "density": layer.skimcaffe_density,
-           "nnz": csr.nnz, "calls_per_function": calls, "relative_error_vs_float64": error}
+           "nnz": csrs[0].nnz, "calls_per_function": calls, "relative_error_vs_float64": error}
     for kind, t in times.items():
         row[f"{kind}_us"] = 1e3 * t["median_ms"] / calls
     for kind in ("cudnn_tf32", "cudnn_fp32"):
