@@ -48,9 +48,6 @@ def random_csr(rng, shape, density):
 
 def bench_layer(layer, batch, calls, reps, rng):
     shape = (layer.kernel, layer.kernel, layer.in_channels, layer.out_channels)
-    # A filter per call, as a model's layers have: with one filter, calls on
-    # the same input are identical and grappler's common-subexpression
-    # elimination runs them once (20 calls over 5 inputs ran 5 convolutions).
     csrs = [random_csr(rng, shape, layer.skimcaffe_density) for _ in range(calls)]
     kernels = [tf.constant(csr.to_dense()) for csr in csrs]
     # Input sets to rotate through, as many as benchmarks/gpu/bench.py uses, so
@@ -62,15 +59,11 @@ def bench_layer(layer, batch, calls, reps, rng):
     padding = layer.explicit_padding()
     stride = layer.stride
 
-    def chain(conv):
-        @tf.function
-        def run():
-            return [conv(xs[i % len(xs)], i) for i in range(calls)]
-        return run  # time_side_by_side waits for the device, copying nothing back
-
-    escort = chain(lambda x, i: escort_tf.sparse_conv2d(x, csrs[i], strides=stride,
-                                                        padding=padding))
-    cudnn = chain(lambda x, i: tf.nn.conv2d(x, kernels[i], stride, [[0, 0], *padding, [0, 0]]))
+    escort = common.serial_calls(
+        lambda x, i: escort_tf.sparse_conv2d(x, csrs[i], strides=stride, padding=padding),
+        xs, calls)
+    cudnn = common.serial_calls(
+        lambda x, i: tf.nn.conv2d(x, kernels[i], stride, [[0, 0], *padding, [0, 0]]), xs, calls)
     times = time_side_by_side({"escort": escort, "cudnn_tf32": cudnn}, reps=reps, warmup=2)
     with common.tf32(False):  # not flipped inside the rounds (see bench_models.py)
         times.update(time_side_by_side({"cudnn_fp32": cudnn}, reps=reps, warmup=2))

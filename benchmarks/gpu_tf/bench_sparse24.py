@@ -55,8 +55,9 @@ def prune_2_4(kernel):
 
 def bench_layer(layer, batch, calls, reps, rng):
     shape = (layer.kernel, layer.kernel, layer.in_channels, layer.out_channels)
-    dense = prune_2_4(rng.standard_normal(shape).astype(np.float32))
-    csr = escort_tf.CsrFilter.from_dense(dense)
+    # A filter per call (see common.serial_calls), all 2:4.
+    denses = [prune_2_4(rng.standard_normal(shape).astype(np.float32)) for _ in range(calls)]
+    csrs = [escort_tf.CsrFilter.from_dense(dense) for dense in denses]
     padding = layer.explicit_padding()
     tf_padding = [[0, 0], *padding, [0, 0]]
     in_bytes = 2 * batch * layer.height * layer.width * layer.in_channels
@@ -64,38 +65,30 @@ def bench_layer(layer, batch, calls, reps, rng):
     xs32 = [rng.standard_normal((batch, layer.height, layer.width, layer.in_channels))
             .astype(np.float32) for _ in range(sets)]
 
-    def chain(conv, xs):
-        @tf.function
-        def run():
-            return [conv(xs[i % len(xs)]) for i in range(calls)]
-
-        def call():
-            outputs = run()
-            tf.test.experimental.sync_devices()
-            return outputs
-        return call
-
     fns, check = {}, {}
     for name, dtype in HALF_TYPES.items():
         xs = [tf.constant(x, dtype) for x in xs32]
-        values = tf.constant(csr.values, dtype)
-        kernel = tf.constant(dense, dtype)
+        values = [tf.constant(csr.values, dtype) for csr in csrs]
+        kernels = [tf.constant(dense, dtype) for dense in denses]
 
-        def escort(x, values=values):
-            return escort_tf.ops.csr_conv2d(x, csr.row_offsets, csr.column_indices, values,
-                                            csr.filter_shape, strides=layer.stride,
+        def escort(x, i, values=values):
+            return escort_tf.ops.csr_conv2d(x, csrs[i].row_offsets, csrs[i].column_indices,
+                                            values[i], shape, strides=layer.stride,
                                             padding=padding, engine="tensor_cores_2_4")
 
-        fns[f"escort_24_{name}"] = chain(escort, xs)
-        fns[f"cudnn_{name}"] = chain(
-            lambda x, kernel=kernel: tf.nn.conv2d(x, kernel, layer.stride, tf_padding), xs)
-        check[name] = (escort(xs[0]), tf.nn.conv2d(xs[0], kernel, layer.stride, tf_padding))
+        def cudnn(x, i, kernels=kernels):
+            return tf.nn.conv2d(x, kernels[i], layer.stride, tf_padding)
+
+        fns[f"escort_24_{name}"] = common.serial_calls(escort, xs, calls)
+        fns[f"cudnn_{name}"] = common.serial_calls(cudnn, xs, calls)
+        check[name] = (escort(xs[0], 0), cudnn(xs[0], 0))
     xs = [tf.constant(x) for x in xs32]
-    kernel32 = tf.constant(dense)
-    fns["cudnn_tf32"] = chain(lambda x: tf.nn.conv2d(x, kernel32, layer.stride, tf_padding), xs)
+    kernels32 = [tf.constant(dense) for dense in denses]
+    fns["cudnn_tf32"] = common.serial_calls(
+        lambda x, i: tf.nn.conv2d(x, kernels32[i], layer.stride, tf_padding), xs, calls)
     times = time_side_by_side(fns, reps=reps, warmup=2)
     with common.tf32(False):
-        reference = tf.nn.conv2d(tf.cast(xs[0], tf.float64), tf.cast(kernel32, tf.float64),
+        reference = tf.nn.conv2d(tf.cast(xs[0], tf.float64), tf.cast(kernels32[0], tf.float64),
                                  layer.stride, tf_padding)
     row = {"layer": layer.name, "batch": batch, "calls_per_function": calls}
     for kind, t in times.items():

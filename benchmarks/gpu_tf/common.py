@@ -50,6 +50,21 @@ def tf32(enabled):
         tf.config.experimental.enable_tensor_float_32_execution(previous)
 
 
+def serial_calls(conv, xs, calls):
+    """A `tf.function` running `conv(xs[i % len(xs)], i)` for i < `calls`, back to back.
+
+    `conv` must differ per `i` (each call its own filter, as a model's layers
+    have): calls identical in op, filter and input are merged by grappler's
+    common-subexpression elimination (20 calls over 5 inputs ran 5
+    convolutions). Time it with `escort_tf.timing`, which waits for the GPU
+    and copies nothing back.
+    """
+    @tf.function
+    def run():
+        return [conv(xs[i % len(xs)], i) for i in range(calls)]
+    return run
+
+
 def relative_error(actual, reference):
     """||actual - reference|| / ||reference|| in float64 (NaN fails any bound)."""
     reference = np.asarray(reference, np.float64)
