@@ -4,10 +4,11 @@ Layers: each layer of `escort_tf.layer_table` at its SkimCaffe density, NHWC,
 fp32, no bias, at batch 1 and 32. One `tf.function` runs `--calls`
 convolutions back to back, each with its own filter, on rotating inputs, as
 a model's layers follow each other, and is timed until the GPU is done
-(nothing is copied back); time per call = that over `--calls`. Side by side: the op, `tf.nn.conv2d` (cuDNN) with TF32 on
-(TF's default) and off. `--kernel-json` merges the standalone kernel's
-device times from benchmarks/gpu/bench.py (CUDA-graph replays, no host cost),
-so the TF path's overhead reads as a ratio.
+(nothing is copied back); time per call = that over `--calls`. Side by
+side: the op, `tf.nn.conv2d` (cuDNN) with TF32 on (TF's default) and off.
+`--kernel-json` merges the standalone kernel's device times from
+benchmarks/gpu/bench.py (CUDA-graph replays, no host cost), so the TF
+path's overhead reads as a ratio.
 
 Host cost: a chain of `--chain` tiny convolutions (1x8x8x8, so the GPU work
 is a few microseconds) over five filters of different shapes, in one
