@@ -84,7 +84,7 @@ def _cuda_lib_dir(nvcc):
 
 
 def _all_headers():
-    return sorted((ROOT / "cc").rglob("*.h"))
+    return sorted([*(ROOT / "cc").rglob("*.h"), *(ROOT / "cc").rglob("*.cuh")])
 
 
 class BuildEscortOps(build_ext):
@@ -119,6 +119,14 @@ class BuildEscortOps(build_ext):
                           f"-I{ROOT}"] + gencode
             for source in SOURCES["GPU_KERNEL_SRCS"]:
                 jobs.append((nvcc_flags, source))
+            # wgmma exists only in sm_90a code, which runs on compute capability 9.0 alone.
+            # Opt-in (ESCORT_TF_SPARSE24_WGMMA=1) until the kernel has run on a Hopper GPU.
+            sm90a_flags = nvcc_flags
+            if "90" in archs and os.environ.get("ESCORT_TF_SPARSE24_WGMMA", "0") == "1":
+                sm90a_flags = nvcc_flags[:-len(gencode)] + [
+                    "-gencode=arch=compute_90a,code=sm_90a", "-DESCORT_SPARSE24_WGMMA=1"]
+            for source in SOURCES["GPU_SM90A_KERNEL_SRCS"]:
+                jobs.append((sm90a_flags, source))
             cuda_lib = _cuda_lib_dir(nvcc)
             # Static cudart: the library loads on machines without a CUDA runtime.
             link_extra = [f"-L{cuda_lib}", "-lcudart_static", "-ldl", "-lrt", "-lpthread"]

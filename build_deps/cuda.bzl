@@ -11,10 +11,16 @@ CUDA runtime. Only `--config=cuda` (.bazelrc) builds either; the targets are
 # checks); override with --action_env=ESCORT_TF_CUDA_ARCHS="80;90".
 DEFAULT_CUDA_ARCHS = "75;80;86;89;90"
 
-def cuda_objects(name, srcs, hdrs):
-    """Compiles each .cu in srcs with nvcc into a cc_library named `name`."""
+def cuda_objects(name, srcs, hdrs, sm90a_srcs = []):
+    """Compiles each .cu in srcs with nvcc into a cc_library named `name`.
+
+    Those in sm90a_srcs are compiled for sm_90a alone, with
+    -DESCORT_SPARSE24_WGMMA=1, when the architectures include 90 and
+    --action_env=ESCORT_TF_SPARSE24_WGMMA=1 asks for it (as setup.py does),
+    else like srcs.
+    """
     objects = []
-    for src in srcs:
+    for src in srcs + sm90a_srcs:
         obj = "_%s/%s.pic.o" % (name, src.rpartition("/")[2].rpartition(".")[0])
         native.genrule(
             name = "%s_%s" % (name, src.replace("/", "_").replace(".", "_")),
@@ -30,12 +36,16 @@ for A in $$(echo $$ARCHS | tr ';' ' '); do
   GENCODE="$$GENCODE -gencode=arch=compute_$$A,code=sm_$$A"
 done
 GENCODE="$$GENCODE -gencode=arch=compute_$$A,code=compute_$$A"
+if [ {sm90a} = 1 ] && [ "$${{ESCORT_TF_SPARSE24_WGMMA:-0}}" = 1 ] && echo ";$$ARCHS;" | grep -q ";90;"; then
+  GENCODE="-gencode=arch=compute_90a,code=sm_90a -DESCORT_SPARSE24_WGMMA=1"
+fi
 $(location @escort_cuda//:nvcc) -std=c++17 -O3 -Xcompiler -fPIC -I$${{ROOT:-.}} \
   $$GENCODE -c $(location {src}) -o $@
 """.format(
                 src = src,
                 pkg_src = native.package_name() + "/" + src,
                 archs = DEFAULT_CUDA_ARCHS,
+                sm90a = 1 if src in sm90a_srcs else 0,
             ),
             tools = ["@escort_cuda//:nvcc"],
             tags = ["manual"],

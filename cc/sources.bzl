@@ -23,12 +23,22 @@ GPU_KERNEL_HDRS = [
     "cc/kernels/cast_gpu.h",
     "cc/kernels/csr_conv_gpu.h",
     "cc/kernels/sparse24_conv_gpu.h",
+    "cc/kernels/sparse24_conv_device.cuh",
+    "cc/kernels/sparse24_conv_wgmma.h",
 ]
 
 GPU_KERNEL_SRCS = [
     "cc/kernels/cast_gpu.cu",
     "cc/kernels/csr_conv_gpu.cu",
     "cc/kernels/sparse24_conv_gpu.cu",
+]
+
+# Layer 1 CUDA for Hopper only: compiled for sm_90a alone (with
+# -DESCORT_SPARSE24_WGMMA=1) when the build targets compute capability 9.0
+# and ESCORT_TF_SPARSE24_WGMMA=1 asks for it, else like the rest, without the
+# kernel's body.
+GPU_SM90A_KERNEL_SRCS = [
+    "cc/kernels/sparse24_conv_wgmma.cu",
 ]
 
 # Host-side parts of the CUDA kernels (the CSR kernel's tile planner, the

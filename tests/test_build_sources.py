@@ -12,7 +12,7 @@ import re
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SOURCE_SUFFIXES = (".cc", ".cu", ".h")
+SOURCE_SUFFIXES = (".cc", ".cu", ".cuh", ".h")
 # Tests, benchmarks and fuzz targets sit beside their kernel but are not part of the op.
 NOT_OP_STEMS = ("_test", "_bench", "_fuzz")
 BAZEL_FILES = ["WORKSPACE", "BUILD", "cc/BUILD", "build_deps/BUILD",

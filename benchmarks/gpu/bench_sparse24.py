@@ -31,12 +31,10 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 torch.backends.cudnn.benchmark = True
 
 
-def build(out):
-    sources = ["cc/kernels/sparse24_conv_gpu_bench.cu", "cc/kernels/sparse24_conv_gpu.cu",
-               "cc/kernels/sparse24_conv.cc", "cc/kernels/csr_validate.cc"]
-    subprocess.run(["nvcc", "-std=c++17", "-O3", "-I.", "-gencode",
-                    "arch=compute_90,code=sm_90", *sources, "-o", out],
-                   cwd=ROOT, check=True)
+def build(build_dir):
+    """Builds the kernel's benchmark (and test) into `build_dir`; returns the benchmark."""
+    subprocess.run(["bash", "cc/kernels/build_sparse24_gpu.sh", build_dir], cwd=ROOT, check=True)
+    return os.path.join(build_dir, "sparse24_conv_gpu_bench")
 
 
 def ours(binary, layer, batch, dtype):
@@ -59,15 +57,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", required=True)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--binary", default=os.path.join(HERE, "build", "sparse24_bench"))
+    parser.add_argument("--build-dir", default=os.path.join(HERE, "build", "sparse24"))
     args = parser.parse_args()
-    os.makedirs(os.path.dirname(os.path.abspath(args.binary)), exist_ok=True)
-    build(args.binary)
+    binary = build(os.path.abspath(args.build_dir))
     rows = []
     for batch in args.batches:
         for layer in LAYERS:
-            ms = {"escort_24_f16": ours(args.binary, layer, batch, "f16"),
-                  "escort_24_bf16": ours(args.binary, layer, batch, "bf16"),
+            ms = {"escort_24_f16": ours(binary, layer, batch, "f16"),
+                  "escort_24_bf16": ours(binary, layer, batch, "bf16"),
                   "cudnn_f16": cudnn(layer, batch, torch.float16),
                   "cudnn_bf16": cudnn(layer, batch, torch.bfloat16)}
             set_tf32(True)

@@ -76,10 +76,8 @@ tf.config.list_physical_devices('GPU'), 'escort_tf', escort_tf.__version__)"
   sparse24)
     env_ready
     shift
-    nvcc -std=c++17 -O2 -I. -gencode arch=compute_90,code=sm_90 \
-      cc/kernels/sparse24_conv_gpu_test.cu cc/kernels/sparse24_conv_gpu.cu \
-      cc/kernels/sparse24_conv.cc cc/kernels/csr_conv_reference.cc cc/kernels/csr_validate.cc \
-      -o /tmp/sparse24_conv_gpu_test && /tmp/sparse24_conv_gpu_test 100 5 2>&1 \
+    bash cc/kernels/build_sparse24_gpu.sh /tmp/sparse24_build \
+      && /tmp/sparse24_build/sparse24_conv_gpu_test 100 5 2>&1 \
       | tee "$OUT/sparse24_kernel_test.log" | tail -3
     python3 benchmarks/gpu_tf/bench_sparse24.py --json "$OUT/gpu_tf_sparse24.json" \
       --md "$OUT/gpu_tf_sparse24.md" "$@" 2>&1 | tee "$OUT/sparse24.log" \

@@ -21,6 +21,8 @@
 #include <type_traits>
 
 #include "cc/kernels/sparse24_conv.h"
+#include "cc/kernels/sparse24_conv_device.cuh"
+#include "cc/kernels/sparse24_conv_wgmma.h"
 
 namespace escort {
 namespace {
@@ -56,7 +58,6 @@ struct Config {
   static constexpr int kOutBytes = kBlockPixels * kOutRowHalves * 2;
   static constexpr int kSmemBytes = std::max(kStages * kStageBytes, kOutBytes);
   static_assert(kBlockPixels == kThreads, "one B row per thread");
-  static_assert(kMetaStageBytes <= 16 * kThreads, "one metadata chunk per thread");
 };
 // 128 channels x 256 pixels for large problems, smaller blocks for grids
 // that would not fill the GPU, 64 channels where K is that small.
@@ -67,57 +68,10 @@ using MediumConfig = Config<2, 2, 4, kSubSteps, 4>;
 template <int kSubSteps>
 using SmallConfig = Config<2, 2, 2, kSubSteps, 4>;
 
-struct Params {
-  const uint16_t* input;
-  const uint4* packed;       // [step][tile][lane]
-  const uint32_t* metadata;  // [step][tile][lane]
-  const uint16_t* bias;      // K values or nullptr
-  uint16_t* output;
-  int H, W, C, K, P, Q, S;
-  int stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left;
-  int num_pixels, num_steps, num_tiles, steps_per_tap;
-  int activation;  // 0 none, 1 relu, 2 relu6
-};
+using sparse24::Params;
 
-// Device helpers of the kernel, whose body exists for sm_80 and newer only.
+// The mma.sp helper exists for sm_80 and newer only.
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
-template <typename T>
-__device__ __forceinline__ float ToFloat(uint16_t bits);
-template <>
-__device__ __forceinline__ float ToFloat<__half>(uint16_t bits) {
-  return __half2float(__ushort_as_half(bits));
-}
-template <>
-__device__ __forceinline__ float ToFloat<__nv_bfloat16>(uint16_t bits) {
-  return __bfloat162float(__ushort_as_bfloat16(bits));
-}
-template <typename T>
-__device__ __forceinline__ uint16_t FromFloat(float v);
-template <>
-__device__ __forceinline__ uint16_t FromFloat<__half>(float v) {
-  return __half_as_ushort(__float2half_rn(v));
-}
-template <>
-__device__ __forceinline__ uint16_t FromFloat<__nv_bfloat16>(float v) {
-  return __bfloat16_as_ushort(__float2bfloat16_rn(v));
-}
-
-__device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src,
-                                          bool valid) {
-  // A source size of 0 fills the 16 bytes with zeros and reads nothing.
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst),
-               "l"(src), "r"(valid ? 16 : 0));
-}
-
-__device__ __forceinline__ void CpAsyncCommit() {
-  asm volatile("cp.async.commit_group;\n" ::);
-}
-
-template <int kPending>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
-
 template <typename T>
 __device__ __forceinline__ void MmaSparse(float (&d)[4], const uint4& a,
                                           const uint32_t (&b)[4],
@@ -167,49 +121,26 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   const int iw0 = (rest % p.Q) * p.stride_w - p.pad_left;
   const uint16_t* image = p.input + static_cast<int64_t>(n) * p.H * p.W * p.C;
   // The next step to stage, as (r, s, c0): steps are staged in order.
-  int load_r = 0, load_s = 0, load_c = 0;
+  sparse24::TapCursor tap;
 
   // Stage `stage` gets filter steps kSubSteps * index onwards.
   auto load_stage = [&](int index, int stage) {
     const uint32_t stage_base = smem_base + stage * Cfg::kStageBytes;
-    const int ih = ih0 + load_r * p.dilation_h;
-    const int iw = iw0 + load_s * p.dilation_w;
+    const int ih = ih0 + tap.r * p.dilation_h;
+    const int iw = iw0 + tap.s * p.dilation_w;
     const bool valid = pixel_valid && ih >= 0 && ih < p.H && iw >= 0 && iw < p.W;
     const uint16_t* src =
-        valid ? image + (static_cast<int64_t>(ih) * p.W + iw) * p.C + load_c : p.input;
+        valid ? image + (static_cast<int64_t>(ih) * p.W + iw) * p.C + tap.c : p.input;
     const uint32_t b_dst = stage_base + tid * Cfg::kBRowHalves * 2;
 #pragma unroll
     for (int q = 0; q < Cfg::kStageChannels / 8; ++q) {
-      CpAsync16(b_dst + q * 16, src + (valid ? q * 8 : 0), valid);
+      sparse24::CpAsync16(b_dst + q * 16, src + (valid ? q * 8 : 0), valid);
     }
-    load_c += Cfg::kStageChannels;
-    if (load_c == p.C) {
-      load_c = 0;
-      if (++load_s == p.S) {
-        load_s = 0;
-        ++load_r;
-      }
-    }
+    tap.Advance(Cfg::kStageChannels, p);
 
-    // A: 32 16-byte chunks per tile and step, [sub step][tile][lane]; tiles
-    // past K read the last tile (never stored), so every fragment the tensor
-    // cores see is well formed.
-    const int64_t first_step = static_cast<int64_t>(index) * Cfg::kSubSteps;
-#pragma unroll
-    for (int chunk = tid; chunk < Cfg::kSubSteps * Cfg::kBlockTiles * 32;
-         chunk += Cfg::kThreads) {
-      const int sub = chunk / (Cfg::kBlockTiles * 32);
-      const int tile = min(first_tile + chunk / 32 % Cfg::kBlockTiles, p.num_tiles - 1);
-      CpAsync16(stage_base + Cfg::kBStageBytes + chunk * 16,
-                p.packed + ((first_step + sub) * p.num_tiles + tile) * 32 + chunk % 32, true);
-    }
-    if (tid < Cfg::kSubSteps * Cfg::kBlockTiles * 8) {
-      const int sub = tid / (Cfg::kBlockTiles * 8);
-      const int tile = min(first_tile + tid / 8 % Cfg::kBlockTiles, p.num_tiles - 1);
-      CpAsync16(stage_base + Cfg::kBStageBytes + Cfg::kAStageBytes + tid * 16,
-                p.metadata + ((first_step + sub) * p.num_tiles + tile) * 32 + (tid % 8) * 4,
-                true);
-    }
+    sparse24::StageFilter<Cfg::kSubSteps, Cfg::kBlockTiles, Cfg::kThreads>(
+        p, stage_base + Cfg::kBStageBytes, stage_base + Cfg::kBStageBytes + Cfg::kAStageBytes,
+        static_cast<int64_t>(index) * Cfg::kSubSteps, first_tile);
   };
 
   constexpr int kStages = Cfg::kStages;
@@ -217,16 +148,16 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   float acc[Cfg::kWarpTiles][8][4] = {};
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < num_stage_loads) load_stage(s, s);
-    CpAsyncCommit();
+    sparse24::CpAsyncCommit();
   }
   for (int index = 0; index < num_stage_loads; ++index) {
-    CpAsyncWait<kStages - 2>();
+    sparse24::CpAsyncWait<kStages - 2>();
     __syncthreads();
     // Refill the stage every warp finished with before the barrier, so that
     // the copies overlap this stage's math.
     const int next = index + kStages - 1;
     if (next < num_stage_loads) load_stage(next, next % kStages);
-    CpAsyncCommit();
+    sparse24::CpAsyncCommit();
 
     const int stage = index % kStages;
     const unsigned char* stage_ptr = smem + stage * Cfg::kStageBytes;
@@ -269,7 +200,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
       }
     }
   }
-  CpAsyncWait<0>();
+  sparse24::CpAsyncWait<0>();
   __syncthreads();
 
   // Accumulator (mi, ni, h * 2 + c): channel 16 (kWarpTiles warp_m + mi) +
@@ -282,38 +213,21 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     for (int h = 0; h < 2; ++h) {
       const int k_local = (warp_m * Cfg::kWarpTiles + mi) * kTileRows + g + 8 * h;
       const int k = first_tile * kTileRows + k_local;
-      const float bias = (p.bias != nullptr && k < p.K) ? ToFloat<T>(p.bias[k]) : 0.f;
+      const float bias = (p.bias != nullptr && k < p.K) ? sparse24::ToFloat<T>(p.bias[k]) : 0.f;
 #pragma unroll
       for (int ni = 0; ni < 8; ++ni) {
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
-          float v = acc[mi][ni][h * 2 + c] + bias;
-          if (p.activation == 1) v = fmaxf(v, 0.f);
-          if (p.activation == 2) v = fminf(fmaxf(v, 0.f), 6.f);
+          const float v = sparse24::Activate(acc[mi][ni][h * 2 + c] + bias, p.activation);
           const int px_local = warp_n * Cfg::kWarpPixels + ni * 8 + 2 * t + c;
-          out_tile[px_local * Cfg::kOutRowHalves + k_local] = FromFloat<T>(v);
+          out_tile[px_local * Cfg::kOutRowHalves + k_local] = sparse24::FromFloat<T>(v);
         }
       }
     }
   }
   __syncthreads();
-  // 16-byte chunks of 8 channels, kBlockRows / 8 per pixel row.
-  constexpr int kRowChunks = Cfg::kBlockRows / 8;
-  const int first_k = first_tile * kTileRows;
-  const bool vector_rows = p.K % 8 == 0;
-  for (int chunk = tid; chunk < Cfg::kBlockPixels * kRowChunks; chunk += Cfg::kThreads) {
-    const int px_local = chunk / kRowChunks, k_local = (chunk % kRowChunks) * 8;
-    const int out_pixel = first_pixel + px_local;
-    const int k = first_k + k_local;
-    if (out_pixel >= p.num_pixels || k >= p.K) continue;
-    const uint16_t* src = out_tile + px_local * Cfg::kOutRowHalves + k_local;
-    uint16_t* dst = p.output + static_cast<int64_t>(out_pixel) * p.K + k;
-    if (vector_rows) {
-      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-    } else {
-      for (int i = 0; i < 8 && k + i < p.K; ++i) dst[i] = src[i];
-    }
-  }
+  sparse24::StoreOutputTile<Cfg::kBlockPixels, Cfg::kBlockRows, Cfg::kThreads>(
+      p, out_tile, Cfg::kOutRowHalves, first_pixel, first_tile * kTileRows);
 #endif
 }
 
@@ -330,6 +244,7 @@ __global__ void PackValuesKernel(const int32_t* __restrict__ value_index,
 // What the launcher needs of a device, looked up once per device.
 struct DeviceState {
   bool supported = false;
+  bool wgmma = false;  // the Hopper kernel (sparse24_conv_wgmma.h) runs here
   int num_sms = 0;
 };
 
@@ -380,6 +295,7 @@ cudaError_t GetDeviceState(DeviceState* state) {
     fresh.supported = major >= 8 && attributes.binaryVersion >= 80;
     if (fresh.supported) err = AllowSharedMemoryAll<__half>();
     if (fresh.supported && err == cudaSuccess) err = AllowSharedMemoryAll<__nv_bfloat16>();
+    if (fresh.supported && err == cudaSuccess) err = PrepareSparse24Wgmma(&fresh.wgmma);
     if (err != cudaSuccess) return err;
     states[device] = fresh;
     known[device] = true;
@@ -388,15 +304,9 @@ cudaError_t GetDeviceState(DeviceState* state) {
   return cudaSuccess;
 }
 
-template <typename Cfg>
-int64_t NumBlocks(const Params& p) {
-  return static_cast<int64_t>((p.num_pixels + Cfg::kBlockPixels - 1) / Cfg::kBlockPixels) *
-         ((p.num_tiles + Cfg::kBlockTiles - 1) / Cfg::kBlockTiles);
-}
-
 template <typename T, typename Cfg>
 cudaError_t LaunchConfig(const Params& p, cudaStream_t stream) {
-  const auto blocks = static_cast<unsigned>(NumBlocks<Cfg>(p));
+  const auto blocks = static_cast<unsigned>(sparse24::NumBlocks<Cfg>(p));
   Sparse24ConvKernel<T, Cfg><<<blocks, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
 }
@@ -405,10 +315,10 @@ cudaError_t LaunchConfig(const Params& p, cudaStream_t stream) {
 template <typename T, int kSubSteps>
 cudaError_t LaunchBlock(const Params& p, int num_sms, cudaStream_t stream) {
   if (p.K > SmallConfig<kSubSteps>::kBlockRows) {
-    if (NumBlocks<LargeConfig<kSubSteps>>(p) >= num_sms) {
+    if (sparse24::NumBlocks<LargeConfig<kSubSteps>>(p) >= num_sms) {
       return LaunchConfig<T, LargeConfig<kSubSteps>>(p, stream);
     }
-    if (NumBlocks<MediumConfig<kSubSteps>>(p) >= num_sms) {
+    if (sparse24::NumBlocks<MediumConfig<kSubSteps>>(p) >= num_sms) {
       return LaunchConfig<T, MediumConfig<kSubSteps>>(p, stream);
     }
   }
@@ -420,31 +330,8 @@ cudaError_t Launch(const ConvGeometry& g, const void* input,
                    const void* packed_values, const uint32_t* metadata,
                    const void* bias, Activation activation, void* output,
                    int num_sms, cudaStream_t stream) {
-  Params p;
-  p.input = static_cast<const uint16_t*>(input);
-  p.packed = static_cast<const uint4*>(packed_values);
-  p.metadata = metadata;
-  p.bias = static_cast<const uint16_t*>(bias);
-  p.output = static_cast<uint16_t*>(output);
-  p.H = static_cast<int>(g.H);
-  p.W = static_cast<int>(g.W);
-  p.C = static_cast<int>(g.C);
-  p.K = static_cast<int>(g.K);
-  p.P = static_cast<int>(g.P);
-  p.Q = static_cast<int>(g.Q);
-  p.S = static_cast<int>(g.S);
-  p.stride_h = static_cast<int>(g.stride_h);
-  p.stride_w = static_cast<int>(g.stride_w);
-  p.dilation_h = static_cast<int>(g.dilation_h);
-  p.dilation_w = static_cast<int>(g.dilation_w);
-  p.pad_top = static_cast<int>(g.pad_top);
-  p.pad_left = static_cast<int>(g.pad_left);
-  p.num_pixels = static_cast<int>(g.N * g.P * g.Q);
-  p.num_steps = static_cast<int>(g.R * g.S * g.C / kStepChannels);
-  p.num_tiles = static_cast<int>((g.K + kTileRows - 1) / kTileRows);
-  p.activation = activation == Activation::kRelu    ? 1
-                 : activation == Activation::kRelu6 ? 2
-                                                    : 0;
+  const Params p = sparse24::MakeParams(g, input, packed_values, metadata, bias, activation,
+                                        output);
   return g.C % (2 * kStepChannels) == 0 ? LaunchBlock<T, 2>(p, num_sms, stream)
                                          : LaunchBlock<T, 1>(p, num_sms, stream);
 }
@@ -482,6 +369,10 @@ cudaError_t Sparse24Conv2DGpu(HalfType type, const ConvGeometry& geometry,
     return cudaErrorNotSupported;
   }
   if (geometry.OutputSize() == 0) return cudaSuccess;
+  if (state.wgmma && geometry.C % kSparse24WgmmaStageChannels == 0) {
+    return Sparse24Conv2DWgmma(type, geometry, input, packed_values, metadata, bias, activation,
+                               output, state.num_sms, stream);
+  }
   return type == HalfType::kFloat16
              ? Launch<__half>(geometry, input, packed_values, metadata, bias,
                               activation, output, state.num_sms, stream)

@@ -1,10 +1,8 @@
 // Times Sparse24Conv2DGpu on one layer (a random 2:4 filter, exactly 2 of 4
 // kept), framework-free: CUDA events around back-to-back launches on one
 // stream, after warm-up. Prints one JSON line. Build:
-//   nvcc -std=c++17 -O3 -I. -gencode arch=compute_90,code=sm_90 \
-//     cc/kernels/sparse24_conv_gpu_bench.cu cc/kernels/sparse24_conv_gpu.cu \
-//     cc/kernels/sparse24_conv.cc cc/kernels/csr_validate.cc -o bench
-//   ./bench N H W C K R S stride pad [f16|bf16]
+//   cc/kernels/build_sparse24_gpu.sh OUTDIR
+//   OUTDIR/sparse24_conv_gpu_bench N H W C K R S stride pad [f16|bf16]
 // benchmarks/gpu/bench_sparse24.py runs it over the layer table next to
 // cuDNN (through PyTorch).
 #include <cuda_runtime.h>

@@ -1,11 +1,9 @@
 // Standalone test of Sparse24Conv2DGpu against CsrConv2DReference (double
 // accumulation over the same 16-bit-rounded inputs and weights). No
 // framework: build with
-//   nvcc -std=c++17 -O2 -I. -gencode arch=compute_90,code=sm_90 \
-//     cc/kernels/sparse24_conv_gpu_test.cu cc/kernels/sparse24_conv_gpu.cu \
-//     cc/kernels/sparse24_conv.cc cc/kernels/csr_conv_reference.cc \
-//     cc/kernels/csr_validate.cc -o test
-//   ./test [num_random_cases] [seed]
+//   cc/kernels/build_sparse24_gpu.sh OUTDIR
+//   OUTDIR/sparse24_conv_gpu_test [num_random_cases] [seed]
+// On Hopper, C % 64 == 0 runs the wgmma kernel and other C the mma.sp one.
 // Named cases first (1x1, 7x7, width 1, batch 1, K not a multiple of 16 or
 // 8, strides, dilations, all paddings, activations, each block shape), then
 // random ones, each
@@ -266,6 +264,10 @@ int main(int argc, char** argv) {
       // multiprocessors: 128 x 256, then 128 x 128 (padded tiles in both).
       {"large_blocks", 8, 34, 34, 64, 500, 3, 3, Attrs(1, 1, kSame), true, Activation::kRelu},
       {"medium_blocks", 4, 30, 30, 96, 520, 1, 1, Attrs(1, 1, kValid), true, Activation::kNone},
+      // The wgmma kernel's (C % 64 == 0 on Hopper): 64 x 256 blocks for
+      // K <= 64 on a full grid; the others above take 128 x 256
+      // (large_blocks), 128 x 128 (many_blocks) and 64 x 128 (3x3_same_relu).
+      {"narrow_blocks", 16, 48, 48, 64, 56, 3, 3, Attrs(1, 1, kSame), true, Activation::kRelu},
   };
   std::uniform_int_distribution<int> small(1, 4), spatial(1, 20), chunks(1, 4),
       outs(1, 80), window(1, 5), stride(1, 3), dilation(1, 2), pad(0, 1);

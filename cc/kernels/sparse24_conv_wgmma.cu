@@ -1,0 +1,399 @@
+// The Hopper path of the 2:4 tensor-core convolution (see
+// sparse24_conv_wgmma.h): the implicit GEMM of sparse24_conv_gpu.cu on the
+// warpgroup sparse MMA, wgmma.mma_async.sp.m64n128k32, which issues one
+// 64 x 128 x 32 product per warpgroup and keeps the tensor cores busy from
+// shared memory instead of per-warp register fragments.
+//
+// A block has kWgM x kWgN warpgroups; warpgroup (wm, wn) computes output
+// channels 64 wm .. 64 wm + 63 of the block for its 128 pixels 128 wn ...
+// A pipeline stage holds one filter tap and 64 input channels (two k32
+// steps): B, the block's pixels x 64 channels gathered from the NHWC input
+// with cp.async (8 threads per 128-byte pixel row, so every request reads
+// whole sectors), stored K-major with the 128-byte swizzle the wgmma
+// descriptor names; A and its metadata in the fragment order of
+// sparse24_conv.h, which is, per warp, the register layout wgmma.sp takes
+// for A (warp w of a warpgroup holds rows 16 w .. 16 w + 15).
+#include "cc/kernels/sparse24_conv_wgmma.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "cc/kernels/sparse24_conv.h"
+#include "cc/kernels/sparse24_conv_device.cuh"
+
+// The kernel's body exists only in code for sm_90a (the build compiles this
+// file for that target alone when it targets Hopper, and defines
+// ESCORT_SPARSE24_WGMMA).
+#if defined(ESCORT_SPARSE24_WGMMA) && defined(__CUDA_ARCH__) && \
+    defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define ESCORT_WGMMA_BODY 1
+#endif
+
+namespace escort {
+namespace {
+
+using sparse24::Params;
+
+constexpr int kStageChannels = static_cast<int>(kSparse24WgmmaStageChannels);
+constexpr int kRowBytes = kStageChannels * 2;  // one pixel's 64 channels
+constexpr int kSwizzleBytes = 1024;            // 8 rows of the 128-byte swizzle
+
+// kStagesPerSync stages are consumed per barrier (and wgmma wait).
+template <int kWgM_, int kWgN_, int kWgPixels_, int kStages_, int kStagesPerSync_>
+struct Config {
+  static constexpr int kWgM = kWgM_, kWgN = kWgN_, kStages = kStages_;
+  static constexpr int kStagesPerSync = kStagesPerSync_;
+  static constexpr int kWgPixels = kWgPixels_;  // N of the wgmma
+  static constexpr int kThreads = 128 * kWgM * kWgN;
+  static constexpr int kBlockTiles = 4 * kWgM;  // 16-row A tiles
+  static constexpr int kBlockRows = 64 * kWgM;
+  static constexpr int kBlockPixels = kWgPixels * kWgN;
+  static constexpr int kSubSteps = kStageChannels / static_cast<int>(kSparse24StepChannels);
+  static constexpr int kBStageBytes = kBlockPixels * kRowBytes;
+  static constexpr int kAStageBytes = kSubSteps * kBlockTiles * 32 * 16;
+  static constexpr int kMetaStageBytes = kSubSteps * kBlockTiles * 32 * 4;
+  static constexpr int kStageBytes = kBStageBytes + kAStageBytes + kMetaStageBytes;
+  static constexpr int kRowsPerThread = kBlockPixels * 8 / kThreads;
+  static constexpr int kOutRowHalves = kBlockRows + 8;
+  static constexpr int kOutBytes = kBlockPixels * kOutRowHalves * 2;
+  static constexpr int kPipeBytes = std::max(kStages * kStageBytes, kOutBytes);
+  // Then each B row's source (int4), and room to align the stages.
+  static constexpr int kSmemBytes = kPipeBytes + kBlockPixels * 16 + kSwizzleBytes;
+  static_assert(kStageBytes % kSwizzleBytes == 0, "every stage's B starts on a swizzle atom");
+  static_assert(kThreads % 8 == 0 && kBlockPixels * 8 % kThreads == 0, "whole rows");
+  static_assert(kSmemBytes <= 227 * 1024, "fits an SM90 block");
+  static_assert(kStages >= 2 * kStagesPerSync, "a stage is refilled only after its last read");
+};
+// 128 channels x 256 pixels; for 64 or fewer output channels 64 x 256; for
+// grids that would leave multiprocessors idle, 128 x 128 and 64 x 128.
+using WideConfig = Config<2, 2, 128, 4, 1>;
+using NarrowConfig = Config<1, 2, 128, 4, 1>;
+using SmallWideConfig = Config<2, 1, 128, 4, 1>;
+using SmallNarrowConfig = Config<1, 1, 128, 4, 1>;
+
+#ifdef ESCORT_WGMMA_BODY
+// The shared-memory matrix descriptor of a K-major B operand with the
+// 128-byte swizzle: 8-row groups 1024 bytes apart (stride byte offset); the
+// leading byte offset is unused by swizzled K-major layouts.
+__device__ __forceinline__ uint64_t BDescriptor(uint32_t smem_address) {
+  return static_cast<uint64_t>((smem_address & 0x3FFFF) >> 4) |
+         (uint64_t{1} << 16) | (uint64_t{kSwizzleBytes >> 4} << 32) |
+         (uint64_t{1} << 62);
+}
+
+// d += A (64 x 32, 2:4, from registers: `a` and metadata `e`, selector 0:
+// lanes with lane % 4 < 2 hold it) x B (32 x N, from the descriptor), for
+// this warpgroup: operands d, a, b-desc, sp-meta, sp-sel, scale-d,
+// imm-scale-a, imm-scale-b, imm-trans-b (0: K-major), as CUTLASS's
+// SM90 sparse GMMA ..._RS atoms issue it.
+#define ESCORT_WGMMA_SP_M64N128K32(TYPE) \
+  asm volatile( \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %70, 0;\n" \
+      "wgmma.mma_async.sp.sync.aligned.m64n128k32.f32." TYPE "." TYPE " " \
+  "{%0, %1, %2, %3, %4, %5, %6, %7," \
+  "%8, %9, %10, %11, %12, %13, %14, %15," \
+  "%16, %17, %18, %19, %20, %21, %22, %23," \
+  "%24, %25, %26, %27, %28, %29, %30, %31," \
+  "%32, %33, %34, %35, %36, %37, %38, %39," \
+  "%40, %41, %42, %43, %44, %45, %46, %47," \
+  "%48, %49, %50, %51, %52, %53, %54, %55," \
+  "%56, %57, %58, %59, %60, %61, %62, %63}, " \
+      "{%64, %65, %66, %67}, %68, %69, 0, p, 1, 1, 0;\n}\n" \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+      "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+      "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+      "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+      "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+      "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+      "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+      "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]) \
+      : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(b_desc), "r"(e), "n"(1))
+#define ESCORT_WGMMA_SP_M64N256K32(TYPE) \
+  asm volatile( \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %134, 0;\n" \
+      "wgmma.mma_async.sp.sync.aligned.m64n256k32.f32." TYPE "." TYPE " " \
+  "{%0, %1, %2, %3, %4, %5, %6, %7," \
+  "%8, %9, %10, %11, %12, %13, %14, %15," \
+  "%16, %17, %18, %19, %20, %21, %22, %23," \
+  "%24, %25, %26, %27, %28, %29, %30, %31," \
+  "%32, %33, %34, %35, %36, %37, %38, %39," \
+  "%40, %41, %42, %43, %44, %45, %46, %47," \
+  "%48, %49, %50, %51, %52, %53, %54, %55," \
+  "%56, %57, %58, %59, %60, %61, %62, %63," \
+  "%64, %65, %66, %67, %68, %69, %70, %71," \
+  "%72, %73, %74, %75, %76, %77, %78, %79," \
+  "%80, %81, %82, %83, %84, %85, %86, %87," \
+  "%88, %89, %90, %91, %92, %93, %94, %95," \
+  "%96, %97, %98, %99, %100, %101, %102, %103," \
+  "%104, %105, %106, %107, %108, %109, %110, %111," \
+  "%112, %113, %114, %115, %116, %117, %118, %119," \
+  "%120, %121, %122, %123, %124, %125, %126, %127}, " \
+      "{%128, %129, %130, %131}, %132, %133, 0, p, 1, 1, 0;\n}\n" \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+      "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+      "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+      "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+      "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+      "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+      "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+      "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), \
+      "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), \
+      "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), \
+      "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), \
+      "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), \
+      "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), \
+      "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), \
+      "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), \
+      "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127]) \
+      : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(b_desc), "r"(e), "n"(1))
+
+template <typename T, int kN>
+__device__ __forceinline__ void WgmmaSparse(float (&d)[kN / 2], const uint4& a,
+                                            uint64_t b_desc, uint32_t e) {
+  static_assert(kN == 128 || kN == 256, "instantiated shapes");
+  if constexpr (kN == 128 && std::is_same_v<T, __half>) {
+    ESCORT_WGMMA_SP_M64N128K32("f16");
+  } else if constexpr (kN == 128) {
+    ESCORT_WGMMA_SP_M64N128K32("bf16");
+  } else if constexpr (std::is_same_v<T, __half>) {
+    ESCORT_WGMMA_SP_M64N256K32("f16");
+  } else {
+    ESCORT_WGMMA_SP_M64N256K32("bf16");
+  }
+}
+#undef ESCORT_WGMMA_SP_M64N128K32
+#undef ESCORT_WGMMA_SP_M64N256K32
+
+__device__ __forceinline__ void WgmmaFence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void WgmmaCommit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void WgmmaWaitAll() {
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+#endif  // ESCORT_WGMMA_BODY
+
+template <typename T, typename Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, 1)
+    Sparse24WgmmaKernel(const Params p) {
+#ifdef ESCORT_WGMMA_BODY
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t raw_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  // The swizzle pattern repeats on 1024-byte boundaries of the shared
+  // address space, so the stages start on one.
+  const uint32_t base = (raw_base + kSwizzleBytes - 1) & ~uint32_t{kSwizzleBytes - 1};
+  unsigned char* smem = smem_raw + (base - raw_base);
+  int4* row_source = reinterpret_cast<int4*>(smem + Cfg::kPipeBytes);
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int warpgroup = warp / 4, warp_in_group = warp % 4;
+  const int wm = warpgroup % Cfg::kWgM, wn = warpgroup / Cfg::kWgM;
+  // Blocks that share pixels run side by side, so that their common input
+  // is read from DRAM once and then from L2.
+  const int channel_blocks = (p.num_tiles + Cfg::kBlockTiles - 1) / Cfg::kBlockTiles;
+  const int first_tile = static_cast<int>(blockIdx.x % channel_blocks) * Cfg::kBlockTiles;
+  const int first_pixel = static_cast<int>(blockIdx.x / channel_blocks) * Cfg::kBlockPixels;
+
+  // Each B row's source: the first input pixel of its image, the window's
+  // top-left corner, and whether the row is an output pixel at all.
+  const int image_pixels = p.P * p.Q;
+  for (int row = tid; row < Cfg::kBlockPixels; row += Cfg::kThreads) {
+    const int pixel = first_pixel + row;
+    int4 source = make_int4(0, 0, 0, 0);
+    if (pixel < p.num_pixels) {
+      const int n = pixel / image_pixels, rest = pixel % image_pixels;
+      source = make_int4(n * p.H * p.W, (rest / p.Q) * p.stride_h - p.pad_top,
+                         (rest % p.Q) * p.stride_w - p.pad_left, 1);
+    }
+    row_source[row] = source;
+  }
+  __syncthreads();
+
+  // The next stage to load, as (r, s, c0): stages are loaded in order.
+  sparse24::TapCursor tap;
+  const int chunk = tid % 8;  // this thread's 16 bytes of every row it stages
+  auto load_stage = [&](int index, int stage) {
+    const uint32_t stage_base = base + stage * Cfg::kStageBytes;
+#pragma unroll
+    for (int i = 0; i < Cfg::kRowsPerThread; ++i) {
+      const int row = tid / 8 + i * (Cfg::kThreads / 8);
+      const int4 source = row_source[row];
+      const int ih = source.y + tap.r * p.dilation_h;
+      const int iw = source.z + tap.s * p.dilation_w;
+      const bool valid = source.w && ih >= 0 && ih < p.H && iw >= 0 && iw < p.W;
+      const uint16_t* src =
+          valid ? p.input + static_cast<int64_t>(source.x + ih * p.W + iw) * p.C + tap.c + chunk * 8
+                : p.input;
+      // 128-byte swizzle: 16-byte chunk c of row r sits at chunk c ^ (r % 8).
+      sparse24::CpAsync16(stage_base + row * kRowBytes + ((chunk ^ (row & 7)) << 4), src, valid);
+    }
+    tap.Advance(kStageChannels, p);
+    sparse24::StageFilter<Cfg::kSubSteps, Cfg::kBlockTiles, Cfg::kThreads>(
+        p, stage_base + Cfg::kBStageBytes, stage_base + Cfg::kBStageBytes + Cfg::kAStageBytes,
+        static_cast<int64_t>(index) * Cfg::kSubSteps, first_tile);
+  };
+
+  constexpr int kStages = Cfg::kStages, kPerSync = Cfg::kStagesPerSync;
+  const int num_stage_loads = p.num_steps / Cfg::kSubSteps;
+  float acc[Cfg::kWgPixels / 2];
+#pragma unroll
+  for (int i = 0; i < Cfg::kWgPixels / 2; ++i) acc[i] = 0.f;
+  for (int s = 0; s < kStages - kPerSync; ++s) {
+    if (s < num_stage_loads) load_stage(s, s);
+    sparse24::CpAsyncCommit();
+  }
+  const int tile_in_block = wm * 4 + warp_in_group;
+  for (int index = 0; index < num_stage_loads; index += kPerSync) {
+    // One commit group per stage: stages index .. index + kPerSync - 1 have
+    // landed once at most kStages - 2 kPerSync groups are pending.
+    sparse24::CpAsyncWait<kStages - 2 * kPerSync>();
+    // cp.async writes through the generic proxy and wgmma reads through the
+    // async proxy: each thread fences its own writes before the barrier.
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncthreads();
+    // The stages refilled now were last read by the previous iteration's
+    // wgmma, which every warpgroup waited for before the barrier.
+#pragma unroll
+    for (int j = 0; j < kPerSync; ++j) {
+      const int next = index + kStages - kPerSync + j;
+      if (next < num_stage_loads) load_stage(next, next % kStages);
+      sparse24::CpAsyncCommit();
+    }
+    // All fragments first: a wgmma's A and metadata registers stay untouched
+    // until it completes.
+    uint4 a[kPerSync][Cfg::kSubSteps];
+    uint32_t e[kPerSync][Cfg::kSubSteps];
+#pragma unroll
+    for (int j = 0; j < kPerSync; ++j) {
+      const unsigned char* stage_ptr = smem + (index + j) % kStages * Cfg::kStageBytes;
+      const uint4* a_frags = reinterpret_cast<const uint4*>(stage_ptr + Cfg::kBStageBytes);
+      const uint32_t* metas =
+          reinterpret_cast<const uint32_t*>(stage_ptr + Cfg::kBStageBytes + Cfg::kAStageBytes);
+#pragma unroll
+      for (int sub = 0; sub < Cfg::kSubSteps; ++sub) {
+        a[j][sub] = a_frags[(sub * Cfg::kBlockTiles + tile_in_block) * 32 + lane];
+        e[j][sub] = metas[(sub * Cfg::kBlockTiles + tile_in_block) * 32 + lane];
+      }
+    }
+    WgmmaFence();
+#pragma unroll
+    for (int j = 0; j < kPerSync; ++j) {
+      if (index + j < num_stage_loads) {
+        const uint32_t b_base = base + (index + j) % kStages * Cfg::kStageBytes +
+                                wn * Cfg::kWgPixels * kRowBytes;
+#pragma unroll
+        for (int sub = 0; sub < Cfg::kSubSteps; ++sub) {
+          // k32 step `sub` is the 64 bytes at 64 sub of every 128-byte row.
+          WgmmaSparse<T, Cfg::kWgPixels>(acc, a[j][sub], BDescriptor(b_base + sub * 64), e[j][sub]);
+        }
+      }
+    }
+    WgmmaCommit();
+    WgmmaWaitAll();
+  }
+  sparse24::CpAsyncWait<0>();
+  __syncthreads();
+
+  // acc[4 j + 2 h + c]: channel 16 warp_in_group + g + 8 h of the
+  // warpgroup's 64, pixel 8 j + 2 t + c of its kWgPixels.
+  uint16_t* out_tile = reinterpret_cast<uint16_t*>(smem);
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int k_local = wm * 64 + warp_in_group * 16 + g + 8 * h;
+    const int k = first_tile * static_cast<int>(kSparse24TileRows) + k_local;
+    const float bias = (p.bias != nullptr && k < p.K) ? sparse24::ToFloat<T>(p.bias[k]) : 0.f;
+#pragma unroll
+    for (int j = 0; j < Cfg::kWgPixels / 8; ++j) {
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int px_local = wn * Cfg::kWgPixels + j * 8 + 2 * t + c;
+        out_tile[px_local * Cfg::kOutRowHalves + k_local] = sparse24::FromFloat<T>(
+            sparse24::Activate(acc[4 * j + 2 * h + c] + bias, p.activation));
+      }
+    }
+  }
+  __syncthreads();
+  sparse24::StoreOutputTile<Cfg::kBlockPixels, Cfg::kBlockRows, Cfg::kThreads>(
+      p, out_tile, Cfg::kOutRowHalves, first_pixel,
+      first_tile * static_cast<int>(kSparse24TileRows));
+#endif  // ESCORT_WGMMA_BODY
+}
+
+template <typename T, typename Cfg>
+cudaError_t LaunchConfig(const Params& p, cudaStream_t stream) {
+  const auto blocks = static_cast<unsigned>(sparse24::NumBlocks<Cfg>(p));
+  Sparse24WgmmaKernel<T, Cfg><<<blocks, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+// 64-channel blocks where K is that small; the larger pixel tile where the
+// grid still gives every multiprocessor a block.
+template <typename T>
+cudaError_t Launch(const Params& p, int num_sms, cudaStream_t stream) {
+  if (p.K <= NarrowConfig::kBlockRows) {
+    return sparse24::NumBlocks<NarrowConfig>(p) >= num_sms ? LaunchConfig<T, NarrowConfig>(p, stream)
+                                                 : LaunchConfig<T, SmallNarrowConfig>(p, stream);
+  }
+  return sparse24::NumBlocks<WideConfig>(p) >= num_sms ? LaunchConfig<T, WideConfig>(p, stream)
+                                             : LaunchConfig<T, SmallWideConfig>(p, stream);
+}
+
+template <typename T, typename Cfg>
+cudaError_t AllowSharedMemory() {
+  return cudaFuncSetAttribute(Sparse24WgmmaKernel<T, Cfg>,
+                              cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
+}
+
+template <typename T>
+cudaError_t AllowSharedMemoryAll() {
+  for (cudaError_t e : {AllowSharedMemory<T, WideConfig>(), AllowSharedMemory<T, NarrowConfig>(),
+                        AllowSharedMemory<T, SmallWideConfig>(),
+                        AllowSharedMemory<T, SmallNarrowConfig>()}) {
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+}  // namespace
+
+cudaError_t PrepareSparse24Wgmma(bool* available) {
+  *available = false;
+#ifdef ESCORT_SPARSE24_WGMMA
+  int device = 0, major = 0, minor = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) {
+    err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  }
+  if (err == cudaSuccess) {
+    err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  }
+  // sm_90a code runs on compute capability 9.0 only.
+  if (err != cudaSuccess || major != 9 || minor != 0) return err;
+  err = AllowSharedMemoryAll<__half>();
+  if (err == cudaSuccess) err = AllowSharedMemoryAll<__nv_bfloat16>();
+  *available = err == cudaSuccess;
+  return err;
+#else
+  return cudaSuccess;
+#endif
+}
+
+cudaError_t Sparse24Conv2DWgmma(HalfType type, const ConvGeometry& geometry,
+                                const void* input, const void* packed_values,
+                                const uint32_t* metadata, const void* bias,
+                                Activation activation, void* output, int num_sms,
+                                cudaStream_t stream) {
+  const Params p = sparse24::MakeParams(geometry, input, packed_values, metadata, bias,
+                                        activation, output);
+  return type == HalfType::kFloat16 ? Launch<__half>(p, num_sms, stream)
+                                    : Launch<__nv_bfloat16>(p, num_sms, stream);
+}
+
+}  // namespace escort

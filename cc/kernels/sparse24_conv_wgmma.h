@@ -1,0 +1,36 @@
+// The Hopper path of the 2:4 tensor-core convolution: the same implicit
+// GEMM as sparse24_conv_gpu.cu, on the warpgroup sparse MMA
+// (wgmma.mma_async.sp, sm_90a only). Internal to sparse24_conv_gpu.cu, which
+// dispatches here when the device and the geometry allow it.
+#ifndef ESCORT_CC_KERNELS_SPARSE24_CONV_WGMMA_H_
+#define ESCORT_CC_KERNELS_SPARSE24_CONV_WGMMA_H_
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cc/kernels/cast_gpu.h"
+#include "cc/kernels/csr_conv.h"
+
+namespace escort {
+
+// Channels per pipeline stage of the wgmma kernel: it takes C % 64 == 0.
+inline constexpr int64_t kSparse24WgmmaStageChannels = 64;
+
+// Sets `*available` to whether this build has the wgmma kernel for the
+// current device (compute capability 9.0, code built for sm_90a), and if so
+// allows its kernels the shared memory they need. Call once per device.
+cudaError_t PrepareSparse24Wgmma(bool* available);
+
+// As Sparse24Conv2DGpu, on a device PrepareSparse24Wgmma found available,
+// for NHWC geometries with C % kSparse24WgmmaStageChannels == 0 and a
+// nonempty output.
+cudaError_t Sparse24Conv2DWgmma(HalfType type, const ConvGeometry& geometry,
+                                const void* input, const void* packed_values,
+                                const uint32_t* metadata, const void* bias,
+                                Activation activation, void* output,
+                                int num_sms, cudaStream_t stream);
+
+}  // namespace escort
+
+#endif  // ESCORT_CC_KERNELS_SPARSE24_CONV_WGMMA_H_
