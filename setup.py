@@ -120,9 +120,9 @@ class BuildEscortOps(build_ext):
             for source in SOURCES["GPU_KERNEL_SRCS"]:
                 jobs.append((nvcc_flags, source))
             # wgmma exists only in sm_90a code, which runs on compute capability 9.0 alone.
-            # Opt-in (ESCORT_TF_SPARSE24_WGMMA=1) until the kernel has run on a Hopper GPU.
+            # ESCORT_TF_SPARSE24_WGMMA=0 leaves it out (the mma.sp kernel then runs on Hopper too).
             sm90a_flags = nvcc_flags
-            if "90" in archs and os.environ.get("ESCORT_TF_SPARSE24_WGMMA", "0") == "1":
+            if "90" in archs and os.environ.get("ESCORT_TF_SPARSE24_WGMMA", "1") == "1":
                 sm90a_flags = nvcc_flags[:-len(gencode)] + [
                     "-gencode=arch=compute_90a,code=sm_90a", "-DESCORT_SPARSE24_WGMMA=1"]
             for source in SOURCES["GPU_SM90A_KERNEL_SRCS"]:

@@ -15,9 +15,9 @@ def cuda_objects(name, srcs, hdrs, sm90a_srcs = []):
     """Compiles each .cu in srcs with nvcc into a cc_library named `name`.
 
     Those in sm90a_srcs are compiled for sm_90a alone, with
-    -DESCORT_SPARSE24_WGMMA=1, when the architectures include 90 and
-    --action_env=ESCORT_TF_SPARSE24_WGMMA=1 asks for it (as setup.py does),
-    else like srcs.
+    -DESCORT_SPARSE24_WGMMA=1, when the architectures include 90 (as setup.py
+    does; --action_env=ESCORT_TF_SPARSE24_WGMMA=0 turns that off), else like
+    srcs.
     """
     objects = []
     for src in srcs + sm90a_srcs:
@@ -36,7 +36,7 @@ for A in $$(echo $$ARCHS | tr ';' ' '); do
   GENCODE="$$GENCODE -gencode=arch=compute_$$A,code=sm_$$A"
 done
 GENCODE="$$GENCODE -gencode=arch=compute_$$A,code=compute_$$A"
-if [ {sm90a} = 1 ] && [ "$${{ESCORT_TF_SPARSE24_WGMMA:-0}}" = 1 ] && echo ";$$ARCHS;" | grep -q ";90;"; then
+if [ {sm90a} = 1 ] && [ "$${{ESCORT_TF_SPARSE24_WGMMA:-1}}" = 1 ] && echo ";$$ARCHS;" | grep -q ";90;"; then
   GENCODE="-gencode=arch=compute_90a,code=sm_90a -DESCORT_SPARSE24_WGMMA=1"
 fi
 $(location @escort_cuda//:nvcc) -std=c++17 -O3 -Xcompiler -fPIC -I$${{ROOT:-.}} \

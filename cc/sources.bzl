@@ -35,7 +35,7 @@ GPU_KERNEL_SRCS = [
 
 # Layer 1 CUDA for Hopper only: compiled for sm_90a alone (with
 # -DESCORT_SPARSE24_WGMMA=1) when the build targets compute capability 9.0
-# and ESCORT_TF_SPARSE24_WGMMA=1 asks for it, else like the rest, without the
+# (unless ESCORT_TF_SPARSE24_WGMMA=0), else like the rest, without the
 # kernel's body.
 GPU_SM90A_KERNEL_SRCS = [
     "cc/kernels/sparse24_conv_wgmma.cu",

@@ -3,7 +3,7 @@
 # OUTDIR: sparse24_conv_gpu_test and sparse24_conv_gpu_bench.
 #   build_sparse24_gpu.sh OUTDIR
 # The wgmma kernel (sparse24_conv_wgmma.cu) is compiled for sm_90a, the only
-# target it has, and runs on Hopper; ESCORT_SPARSE24_WGMMA=0 builds without
+# target it has, and runs on Hopper; ESCORT_TF_SPARSE24_WGMMA=0 builds without
 # it, so that the mma.sp kernel runs there too (for A/B runs).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -11,7 +11,7 @@ OUT="${1:?usage: build_sparse24_gpu.sh OUTDIR}"
 mkdir -p "$OUT"
 NVCC="${NVCC:-nvcc}"
 FLAGS=(-std=c++17 -O3 "-I$ROOT")
-if [ "${ESCORT_SPARSE24_WGMMA:-1}" = 1 ]; then
+if [ "${ESCORT_TF_SPARSE24_WGMMA:-1}" = 1 ]; then
   WGMMA=(-gencode=arch=compute_90a,code=sm_90a -DESCORT_SPARSE24_WGMMA=1)
 else
   WGMMA=(-gencode=arch=compute_90,code=sm_90)
