@@ -77,6 +77,17 @@ def test_cuda_archs_match_setup_py():
             == _string_constant("setup.py", "DEFAULT_CUDA_ARCHS"))
 
 
+@pytest.mark.parametrize("path", ["setup.py", "build_deps/cuda.bzl",
+                                  "cc/kernels/build_sparse24_gpu.sh"])
+def test_every_build_honours_the_wgmma_switch(path):
+    # The three builds of the Hopper 2:4 kernel take the same opt-out variable and the same
+    # define, so that ESCORT_TF_SPARSE24_WGMMA=0 means one thing everywhere.
+    text = (ROOT / path).read_text()
+    assert "ESCORT_TF_SPARSE24_WGMMA" in text
+    assert "-DESCORT_SPARSE24_WGMMA=1" in text
+    assert "compute_90a,code=sm_90a" in text
+
+
 @pytest.mark.parametrize("path", BAZEL_FILES)
 def test_bazel_files_fetch_nothing(path):
     text = (ROOT / path).read_text()

@@ -1,11 +1,12 @@
 // 2:4 tensor-core convolution (see sparse24_conv_gpu.h and, for the packed
-// filter, sparse24_conv.h).
+// filter, sparse24_conv.h): the mma.sp kernel, for compute capability 8.0 and
+// newer, and the dispatch to the Hopper one (sparse24_conv_wgmma.cu).
 //
 // An implicit GEMM: out[k][pixel] = sum_j A[k][j] * B[j][pixel] with A the
 // 2:4 filter and B the im2col of the NHWC input, never materialised. A block
-// computes 64 output channels x 128 output pixels; its 4 warps (2 x 2) each
-// 32 x 64, as 2 x 8 mma.sp m16n8k32 per step of 32 filter columns (one tap,
-// 32 channels). Each step's operands are staged in shared memory with
+// computes kBlockRows output channels x kBlockPixels output pixels (Config);
+// each warp 16 kWarpTiles x 64 of them, as kWarpTiles x 8 mma.sp m16n8k32 per
+// step of 32 filter columns (one tap, 32 channels). Each step's operands are staged in shared memory with
 // cp.async, 3 steps in flight: B as 128 pixel rows of 32 channels (zero
 // filled where the window leaves the padded input), A and its metadata
 // already in fragment order. The output tile goes through shared memory so
