@@ -25,6 +25,11 @@ struct Params {
   int stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left;
   int num_pixels, num_steps, num_tiles;
   int activation;  // 0 none, 1 relu, 2 relu6
+  // Split-K (the wgmma kernel only): block (x, y) runs pipeline stages
+  // y * stages_per_split onwards and, where partials is set, writes its fp32
+  // sums to partials[y][pixel][K] for a second kernel to add up.
+  float* partials;
+  int stages_per_split;
 };
 
 inline Params MakeParams(const ConvGeometry& g, const void* input,
@@ -56,6 +61,8 @@ inline Params MakeParams(const ConvGeometry& g, const void* input,
   p.activation = activation == Activation::kRelu    ? 1
                  : activation == Activation::kRelu6 ? 2
                                                     : 0;
+  p.partials = nullptr;
+  p.stages_per_split = p.num_steps;
   return p;
 }
 

@@ -4,12 +4,13 @@
 //
 // An implicit GEMM: out[k][pixel] = sum_j A[k][j] * B[j][pixel] with A the
 // 2:4 filter and B the im2col of the NHWC input, never materialised. A block
-// computes kBlockRows output channels x kBlockPixels output pixels (Config);
-// each warp 16 kWarpTiles x 64 of them, as kWarpTiles x 8 mma.sp m16n8k32 per
-// step of 32 filter columns (one tap, 32 channels). Each step's operands are staged in shared memory with
-// cp.async, 3 steps in flight: B as 128 pixel rows of 32 channels (zero
-// filled where the window leaves the padded input), A and its metadata
-// already in fragment order. The output tile goes through shared memory so
+// computes kBlockRows output channels x kBlockPixels output pixels
+// (Config); each warp 16 kWarpTiles x 64 of them, as kWarpTiles x 8 mma.sp
+// m16n8k32 per step of 32 filter columns (one tap, 32 channels). Each
+// step's operands are staged in shared memory with cp.async, kStages - 1
+// steps in flight: B as pixel rows of kStageChannels channels (zero filled where the
+// window leaves the padded input), A and its metadata already in fragment
+// order. The output tile goes through shared memory so
 // that global stores are 16-byte rows of channels.
 #include "cc/kernels/sparse24_conv_gpu.h"
 
@@ -357,11 +358,29 @@ cudaError_t PackSparse24ValuesGpu(const int32_t* value_index,
   return cudaGetLastError();
 }
 
+namespace {
+bool RunsOnWgmma(const DeviceState& state, const ConvGeometry& geometry) {
+  return state.wgmma && geometry.data_format == DataFormat::kNHWC &&
+         geometry.C % kSparse24WgmmaStageChannels == 0 && geometry.OutputSize() > 0;
+}
+}  // namespace
+
+cudaError_t Sparse24WorkspaceBytes(const ConvGeometry& geometry, size_t* bytes) {
+  *bytes = 0;
+  DeviceState state;
+  const cudaError_t err = GetDeviceState(&state);
+  if (err == cudaSuccess && RunsOnWgmma(state, geometry)) {
+    *bytes = Sparse24WgmmaWorkspaceBytes(geometry, state.num_sms);
+  }
+  return err;
+}
+
 cudaError_t Sparse24Conv2DGpu(HalfType type, const ConvGeometry& geometry,
                               const void* input, const void* packed_values,
                               const uint32_t* metadata, const void* bias,
                               Activation activation, void* output,
-                              cudaStream_t stream) {
+                              cudaStream_t stream, void* workspace,
+                              size_t workspace_bytes) {
   DeviceState state;
   const cudaError_t err = GetDeviceState(&state);
   if (err != cudaSuccess) return err;
@@ -370,9 +389,9 @@ cudaError_t Sparse24Conv2DGpu(HalfType type, const ConvGeometry& geometry,
     return cudaErrorNotSupported;
   }
   if (geometry.OutputSize() == 0) return cudaSuccess;
-  if (state.wgmma && geometry.C % kSparse24WgmmaStageChannels == 0) {
+  if (RunsOnWgmma(state, geometry)) {
     return Sparse24Conv2DWgmma(type, geometry, input, packed_values, metadata, bias, activation,
-                               output, state.num_sms, stream);
+                               output, state.num_sms, workspace, workspace_bytes, stream);
   }
   return type == HalfType::kFloat16
              ? Launch<__half>(geometry, input, packed_values, metadata, bias,

@@ -7,6 +7,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "cc/kernels/cast_gpu.h"
@@ -40,11 +41,21 @@ cudaError_t PackSparse24ValuesGpu(const int32_t* value_index,
 // one. Returns cudaErrorNotSupported unless Sparse24Supported() and
 // geometry.data_format is NHWC with C % 32 == 0, else the launch status;
 // nothing is launched for an empty output.
+// `workspace` (device memory of workspace_bytes, or nullptr) lets a
+// convolution whose grid would leave multiprocessors idle split its filter
+// columns across more blocks (split-K), when it holds at least
+// Sparse24WorkspaceBytes(geometry); the parts are added in a fixed order, so
+// results do not depend on it.
 cudaError_t Sparse24Conv2DGpu(HalfType type, const ConvGeometry& geometry,
                               const void* input, const void* packed_values,
                               const uint32_t* metadata, const void* bias,
                               Activation activation, void* output,
-                              cudaStream_t stream);
+                              cudaStream_t stream, void* workspace = nullptr,
+                              size_t workspace_bytes = 0);
+
+// Sets `*bytes` to the workspace with which Sparse24Conv2DGpu splits
+// `geometry` on the current device (0: it would not).
+cudaError_t Sparse24WorkspaceBytes(const ConvGeometry& geometry, size_t* bytes);
 
 }  // namespace escort
 

@@ -2,7 +2,7 @@
 // kept), framework-free: CUDA events around back-to-back launches on one
 // stream, after warm-up. Prints one JSON line. Build:
 //   cc/kernels/build_sparse24_gpu.sh OUTDIR
-//   OUTDIR/sparse24_conv_gpu_bench N H W C K R S stride pad [f16|bf16]
+//   OUTDIR/sparse24_conv_gpu_bench N H W C K R S stride pad [f16|bf16] [whole]
 // benchmarks/gpu/bench_sparse24.py runs it over the layer table next to
 // cuDNN (through PyTorch).
 #include <cuda_runtime.h>
@@ -24,7 +24,7 @@
 int main(int argc, char** argv) {
   using namespace escort;
   if (argc < 10) {
-    std::fprintf(stderr, "usage: %s N H W C K R S stride pad [f16|bf16]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s N H W C K R S stride pad [f16|bf16] [whole]\n", argv[0]);
     return 2;
   }
   int64_t a[9];
@@ -32,6 +32,8 @@ int main(int argc, char** argv) {
   const HalfType type = argc > 10 && std::strcmp(argv[10], "bf16") == 0
                             ? HalfType::kBFloat16
                             : HalfType::kFloat16;
+  // "whole": no workspace, so no split-K (as the op ran before it had one).
+  const bool allow_split = !(argc > 11 && std::strcmp(argv[11], "whole") == 0);
   ConvAttrs attrs;
   attrs.stride_h = attrs.stride_w = a[7];
   attrs.padding = Padding::kExplicit;
@@ -89,9 +91,13 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   CHECK_CUDA(PackSparse24ValuesGpu(d_index, layout.NumPackedValues(), d_values,
                                    d_packed, stream));
+  size_t workspace_bytes = 0;
+  if (allow_split) CHECK_CUDA(Sparse24WorkspaceBytes(g, &workspace_bytes));
+  void* d_workspace = nullptr;
+  if (workspace_bytes > 0) CHECK_CUDA(cudaMalloc(&d_workspace, workspace_bytes));
   auto run = [&] {
-    CHECK_CUDA(Sparse24Conv2DGpu(type, g, d_in, d_packed, d_meta, nullptr,
-                                 Activation::kRelu, d_out, stream));
+    CHECK_CUDA(Sparse24Conv2DGpu(type, g, d_in, d_packed, d_meta, nullptr, Activation::kRelu,
+                                 d_out, stream, d_workspace, workspace_bytes));
   };
   for (int i = 0; i < 10; ++i) run();
   cudaEvent_t start, stop;
@@ -119,7 +125,8 @@ int main(int argc, char** argv) {
   const double us = samples[2] * 1e3;
   // Dense-equivalent FLOPs, as cuDNN's are counted.
   const double flops = 2.0 * g.N * g.P * g.Q * g.K * g.R * g.S * g.C;
-  std::printf("{\"us\": %.3f, \"dense_tflops\": %.2f, \"reps\": %d}\n", us,
-              flops / us * 1e-6, reps);
+  std::printf(
+      "{\"us\": %.3f, \"dense_tflops\": %.2f, \"reps\": %d, \"workspace_bytes\": %zu}\n", us,
+      flops / us * 1e-6, reps, workspace_bytes);
   return 0;
 }

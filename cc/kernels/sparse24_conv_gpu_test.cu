@@ -3,7 +3,8 @@
 // framework: build with
 //   cc/kernels/build_sparse24_gpu.sh OUTDIR
 //   OUTDIR/sparse24_conv_gpu_test [num_random_cases] [seed]
-// On Hopper, C % 64 == 0 runs the wgmma kernel and other C the mma.sp one.
+// On Hopper, C % 64 == 0 runs the wgmma kernel (each case also with the
+// split-K workspace where it asks for one) and other C the mma.sp one.
 // Named cases first (1x1, 7x7, width 1, batch 1, K not a multiple of 16 or
 // 8, strides, dilations, all paddings, activations, each block shape), then
 // random ones, each
@@ -151,40 +152,51 @@ bool RunCase(const Case& c, HalfType type, std::mt19937* rng,
   uint16_t* d_out = ToDevice(poison);
   CHECK_CUDA(PackSparse24ValuesGpu(d_index, layout.NumPackedValues(), d_values,
                                    d_packed, stream));
-  CHECK_CUDA(Sparse24Conv2DGpu(type, g, d_in, d_packed, d_meta,
-                               c.bias ? d_bias : nullptr, c.activation, d_out,
-                               stream));
-  CHECK_CUDA(cudaStreamSynchronize(stream));
-  std::vector<uint16_t> out_bits(g.OutputSize());
-  CHECK_CUDA(cudaMemcpy(out_bits.data(), d_out, out_bits.size() * 2,
-                        cudaMemcpyDeviceToHost));
+  // Without a workspace, then with the one the launcher asks for (split-K
+  // where the grid is small), each into a freshly poisoned output.
+  size_t workspace_bytes = 0;
+  CHECK_CUDA(Sparse24WorkspaceBytes(g, &workspace_bytes));
+  void* d_workspace = nullptr;
+  if (workspace_bytes > 0) CHECK_CUDA(cudaMalloc(&d_workspace, workspace_bytes));
 
   // One rounding to the 16-bit type, plus fp32 summation error.
   const double rounding = type == HalfType::kFloat16 ? std::ldexp(1.0, -11)
                                                      : std::ldexp(1.0, -8);
   bool ok = true;
-  int64_t bad = 0;
-  for (int64_t i = 0; i < g.OutputSize(); ++i) {
-    const double got = FromBits(type, out_bits[i]);
-    const double tol = rounding * std::fabs(expect[i]) + 1e-6 * magnitude[i] + 1e-30;
-    if (!(std::fabs(got - expect[i]) <= tol)) {
-      if (bad++ < 3) {
-        std::fprintf(stderr, "%s %s: output %lld: got %g, expected %g\n",
-                     c.name.c_str(), type_name, static_cast<long long>(i), got,
-                     static_cast<double>(expect[i]));
+  for (const bool split : {false, true}) {
+    if (split && workspace_bytes == 0) break;
+    const char* how = split ? "split-K" : "whole";
+    CHECK_CUDA(cudaMemcpy(d_out, poison.data(), poison.size() * 2, cudaMemcpyHostToDevice));
+    CHECK_CUDA(Sparse24Conv2DGpu(type, g, d_in, d_packed, d_meta, c.bias ? d_bias : nullptr,
+                                 c.activation, d_out, stream, split ? d_workspace : nullptr,
+                                 split ? workspace_bytes : 0));
+    CHECK_CUDA(cudaStreamSynchronize(stream));
+    std::vector<uint16_t> out_bits(g.OutputSize());
+    CHECK_CUDA(cudaMemcpy(out_bits.data(), d_out, out_bits.size() * 2,
+                          cudaMemcpyDeviceToHost));
+    int64_t bad = 0;
+    for (int64_t i = 0; i < g.OutputSize(); ++i) {
+      const double got = FromBits(type, out_bits[i]);
+      const double tol = rounding * std::fabs(expect[i]) + 1e-6 * magnitude[i] + 1e-30;
+      if (!(std::fabs(got - expect[i]) <= tol)) {
+        if (bad++ < 3) {
+          std::fprintf(stderr, "%s %s %s: output %lld: got %g, expected %g\n",
+                       c.name.c_str(), type_name, how, static_cast<long long>(i), got,
+                       static_cast<double>(expect[i]));
+        }
       }
+    }
+    if (bad > 0) {
+      std::fprintf(stderr, "%s %s %s: %lld of %lld outputs wrong\n", c.name.c_str(),
+                   type_name, how, static_cast<long long>(bad),
+                   static_cast<long long>(g.OutputSize()));
       ok = false;
     }
-  }
-  if (!ok) {
-    std::fprintf(stderr, "%s %s: %lld of %lld outputs wrong\n", c.name.c_str(),
-                 type_name, static_cast<long long>(bad),
-                 static_cast<long long>(g.OutputSize()));
   }
   for (void* p : {static_cast<void*>(d_in), static_cast<void*>(d_values),
                   static_cast<void*>(d_bias), static_cast<void*>(d_index),
                   static_cast<void*>(d_meta), static_cast<void*>(d_packed),
-                  static_cast<void*>(d_out)}) {
+                  static_cast<void*>(d_out), d_workspace}) {
     CHECK_CUDA(cudaFree(p));
   }
   return ok;

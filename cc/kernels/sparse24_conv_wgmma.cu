@@ -42,11 +42,13 @@ constexpr int kStageChannels = static_cast<int>(kSparse24WgmmaStageChannels);
 constexpr int kRowBytes = kStageChannels * 2;  // one pixel's 64 channels
 constexpr int kSwizzleBytes = 1024;            // 8 rows of the 128-byte swizzle
 
-// kStagesPerSync stages are consumed per barrier (and wgmma wait).
-template <int kWgM_, int kWgN_, int kWgPixels_, int kStages_, int kStagesPerSync_>
+// kStagesPerSync stages are consumed per barrier (and wgmma wait); kSplitK
+// blocks (those for grids smaller than the GPU) may run part of the stages.
+template <int kWgM_, int kWgN_, int kWgPixels_, int kStages_, int kStagesPerSync_, bool kSplitK_>
 struct Config {
   static constexpr int kWgM = kWgM_, kWgN = kWgN_, kStages = kStages_;
   static constexpr int kStagesPerSync = kStagesPerSync_;
+  static constexpr bool kSplitK = kSplitK_;
   static constexpr int kWgPixels = kWgPixels_;  // N of the wgmma
   static constexpr int kThreads = 128 * kWgM * kWgN;
   static constexpr int kBlockTiles = 4 * kWgM;  // 16-row A tiles
@@ -70,10 +72,10 @@ struct Config {
 };
 // 128 channels x 256 pixels; for 64 or fewer output channels 64 x 256; for
 // grids that would leave multiprocessors idle, 128 x 128 and 64 x 128.
-using WideConfig = Config<2, 2, 128, 4, 1>;
-using NarrowConfig = Config<1, 2, 128, 4, 1>;
-using SmallWideConfig = Config<2, 1, 128, 4, 1>;
-using SmallNarrowConfig = Config<1, 1, 128, 4, 1>;
+using WideConfig = Config<2, 2, 128, 4, 1, false>;
+using NarrowConfig = Config<1, 2, 128, 4, 1, false>;
+using SmallWideConfig = Config<2, 1, 128, 4, 1, true>;
+using SmallNarrowConfig = Config<1, 1, 128, 4, 1, true>;
 
 #ifdef ESCORT_WGMMA_BODY
 // The shared-memory matrix descriptor of a K-major B operand with the
@@ -103,14 +105,22 @@ __device__ __forceinline__ uint64_t BDescriptor(uint32_t smem_address) {
   "%48, %49, %50, %51, %52, %53, %54, %55," \
   "%56, %57, %58, %59, %60, %61, %62, %63}, " \
       "{%64, %65, %66, %67}, %68, %69, 0, p, 1, 1, 0;\n}\n" \
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-      "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-      "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-      "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
-      "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
-      "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
-      "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
-      "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]) \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), \
+      "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+      "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), \
+      "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+      "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), \
+      "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+      "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), \
+      "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+      "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), \
+      "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+      "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), \
+      "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+      "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), \
+      "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+      "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), \
+      "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]) \
       : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(b_desc), "r"(e), "n"(1))
 #define ESCORT_WGMMA_SP_M64N256K32(TYPE) \
   asm volatile( \
@@ -133,22 +143,38 @@ __device__ __forceinline__ uint64_t BDescriptor(uint32_t smem_address) {
   "%112, %113, %114, %115, %116, %117, %118, %119," \
   "%120, %121, %122, %123, %124, %125, %126, %127}, " \
       "{%128, %129, %130, %131}, %132, %133, 0, p, 1, 1, 0;\n}\n" \
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-      "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-      "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-      "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
-      "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
-      "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
-      "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
-      "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), \
-      "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), \
-      "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), \
-      "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), \
-      "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), \
-      "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), \
-      "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), \
-      "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), \
-      "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127]) \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), \
+      "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+      "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), \
+      "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+      "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), \
+      "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+      "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), \
+      "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+      "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), \
+      "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+      "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), \
+      "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+      "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), \
+      "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+      "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), \
+      "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), \
+      "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), \
+      "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), \
+      "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), \
+      "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), \
+      "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), \
+      "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), \
+      "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), \
+      "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), \
+      "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), \
+      "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), \
+      "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), \
+      "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), \
+      "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), \
+      "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), \
+      "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), \
+      "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127]) \
       : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(b_desc), "r"(e), "n"(1))
 
 template <typename T, int kN>
@@ -215,8 +241,16 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   }
   __syncthreads();
 
-  // The next stage to load, as (r, s, c0): stages are loaded in order.
+  // This block's stages (all of them unless split-K), and the first one's
+  // tap and channels: stages are loaded in order from there.
+  const int total_stages = p.num_steps / Cfg::kSubSteps;
+  const int first_stage = static_cast<int>(blockIdx.y) * p.stages_per_split;
+  const int num_stage_loads = min(p.stages_per_split, total_stages - first_stage);
+  const int stages_per_tap = p.C / kStageChannels;
   sparse24::TapCursor tap;
+  tap.r = first_stage / stages_per_tap / p.S;
+  tap.s = first_stage / stages_per_tap % p.S;
+  tap.c = first_stage % stages_per_tap * kStageChannels;
   const int chunk = tid % 8;  // this thread's 16 bytes of every row it stages
   auto load_stage = [&](int index, int stage) {
     const uint32_t stage_base = base + stage * Cfg::kStageBytes;
@@ -236,11 +270,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     tap.Advance(kStageChannels, p);
     sparse24::StageFilter<Cfg::kSubSteps, Cfg::kBlockTiles, Cfg::kThreads>(
         p, stage_base + Cfg::kBStageBytes, stage_base + Cfg::kBStageBytes + Cfg::kAStageBytes,
-        static_cast<int64_t>(index) * Cfg::kSubSteps, first_tile);
+        static_cast<int64_t>(first_stage + index) * Cfg::kSubSteps, first_tile);
   };
 
   constexpr int kStages = Cfg::kStages, kPerSync = Cfg::kStagesPerSync;
-  const int num_stage_loads = p.num_steps / Cfg::kSubSteps;
   float acc[Cfg::kWgPixels / 2];
 #pragma unroll
   for (int i = 0; i < Cfg::kWgPixels / 2; ++i) acc[i] = 0.f;
@@ -302,8 +335,28 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 
   // acc[4 j + 2 h + c]: channel 16 warp_in_group + g + 8 h of the
   // warpgroup's 64, pixel 8 j + 2 t + c of its kWgPixels.
-  uint16_t* out_tile = reinterpret_cast<uint16_t*>(smem);
   const int g = lane / 4, t = lane % 4;
+  if (Cfg::kSplitK && p.partials != nullptr) {
+    // Split-K: this split's fp32 sums, before bias and activation.
+    float* partials = p.partials + static_cast<int64_t>(blockIdx.y) * p.num_pixels * p.K;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int k = first_tile * static_cast<int>(kSparse24TileRows) + wm * 64 +
+                    warp_in_group * 16 + g + 8 * h;
+#pragma unroll
+      for (int j = 0; j < Cfg::kWgPixels / 8; ++j) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int pixel = first_pixel + wn * Cfg::kWgPixels + j * 8 + 2 * t + c;
+          if (k < p.K && pixel < p.num_pixels) {
+            partials[static_cast<int64_t>(pixel) * p.K + k] = acc[4 * j + 2 * h + c];
+          }
+        }
+      }
+    }
+    return;
+  }
+  uint16_t* out_tile = reinterpret_cast<uint16_t*>(smem);
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int k_local = wm * 64 + warp_in_group * 16 + g + 8 * h;
@@ -326,23 +379,109 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 #endif  // ESCORT_WGMMA_BODY
 }
 
-template <typename T, typename Cfg>
-cudaError_t LaunchConfig(const Params& p, cudaStream_t stream) {
-  const auto blocks = static_cast<unsigned>(sparse24::NumBlocks<Cfg>(p));
-  Sparse24WgmmaKernel<T, Cfg><<<blocks, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
-  return cudaGetLastError();
+// out = activation(sum of the splits' partials, in split order, + bias).
+template <typename T>
+__global__ void FinishSplitsKernel(const Params p, int splits) {
+#ifdef ESCORT_WGMMA_BODY
+  const int64_t n = static_cast<int64_t>(p.num_pixels) * p.K;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    float v = 0.f;
+    for (int split = 0; split < splits; ++split) v += p.partials[split * n + i];
+    const int k = static_cast<int>(i % p.K);
+    if (p.bias != nullptr) v += sparse24::ToFloat<T>(p.bias[k]);
+    p.output[i] = sparse24::FromFloat<T>(sparse24::Activate(v, p.activation));
+  }
+#endif  // ESCORT_WGMMA_BODY
+}
+
+// How a convolution runs: its block shape, its grid, and the number of
+// parts its stages are split into (split-K) where the grid alone would leave
+// multiprocessors idle.
+enum class Shape { kWide, kNarrow, kSmallWide, kSmallNarrow };
+struct Plan {
+  Shape shape;
+  int64_t blocks;
+  int splits;
+  int stages_per_split;
+};
+
+// Each part keeps enough stages for the pipeline to fill; the partial sums
+// cost splits x output x 4 bytes of workspace.
+constexpr int kMinStagesPerSplit = 4;
+constexpr int kMaxSplits = 16;
+
+template <typename Cfg>
+Plan MakePlan(Shape shape, const Params& p, int num_sms) {
+  const int stages = p.num_steps / Cfg::kSubSteps;
+  Plan plan{shape, sparse24::NumBlocks<Cfg>(p), 1, stages};
+  if (Cfg::kSplitK && plan.blocks < num_sms) {
+    const int64_t wanted = (num_sms + plan.blocks - 1) / plan.blocks;
+    const int splits = static_cast<int>(std::min<int64_t>(
+        {wanted, int64_t{stages / kMinStagesPerSplit}, int64_t{kMaxSplits}}));
+    if (splits > 1) {
+      plan.stages_per_split = (stages + splits - 1) / splits;
+      plan.splits = (stages + plan.stages_per_split - 1) / plan.stages_per_split;
+    }
+  }
+  return plan;
 }
 
 // 64-channel blocks where K is that small; the larger pixel tile where the
 // grid still gives every multiprocessor a block.
-template <typename T>
-cudaError_t Launch(const Params& p, int num_sms, cudaStream_t stream) {
+Plan ChoosePlan(const Params& p, int num_sms) {
   if (p.K <= NarrowConfig::kBlockRows) {
-    return sparse24::NumBlocks<NarrowConfig>(p) >= num_sms ? LaunchConfig<T, NarrowConfig>(p, stream)
-                                                 : LaunchConfig<T, SmallNarrowConfig>(p, stream);
+    return sparse24::NumBlocks<NarrowConfig>(p) >= num_sms
+               ? MakePlan<NarrowConfig>(Shape::kNarrow, p, num_sms)
+               : MakePlan<SmallNarrowConfig>(Shape::kSmallNarrow, p, num_sms);
   }
-  return sparse24::NumBlocks<WideConfig>(p) >= num_sms ? LaunchConfig<T, WideConfig>(p, stream)
-                                             : LaunchConfig<T, SmallWideConfig>(p, stream);
+  return sparse24::NumBlocks<WideConfig>(p) >= num_sms
+             ? MakePlan<WideConfig>(Shape::kWide, p, num_sms)
+             : MakePlan<SmallWideConfig>(Shape::kSmallWide, p, num_sms);
+}
+
+int64_t PartialsBytes(const Params& p, const Plan& plan) {
+  return plan.splits > 1 ? int64_t{plan.splits} * p.num_pixels * p.K * 4 : 0;
+}
+
+// Runs `plan`, split only when `partials` is set.
+template <typename T, typename Cfg>
+cudaError_t LaunchConfig(Params p, const Plan& plan, float* partials, cudaStream_t stream) {
+  const int splits = partials != nullptr ? plan.splits : 1;
+  p.partials = splits > 1 ? partials : nullptr;
+  p.stages_per_split = splits > 1 ? plan.stages_per_split : p.num_steps / Cfg::kSubSteps;
+  const dim3 grid(static_cast<unsigned>(plan.blocks), static_cast<unsigned>(splits));
+  Sparse24WgmmaKernel<T, Cfg><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess || splits == 1) return err;
+  constexpr int kFinishThreads = 256;
+  const int64_t outputs = int64_t{p.num_pixels} * p.K;
+  const int finish_blocks = static_cast<int>(
+      std::min<int64_t>(4096, (outputs + kFinishThreads - 1) / kFinishThreads));
+  FinishSplitsKernel<T><<<finish_blocks, kFinishThreads, 0, stream>>>(p, splits);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t Launch(const Params& p, int num_sms, void* workspace, size_t workspace_bytes,
+                   cudaStream_t stream) {
+  const Plan plan = ChoosePlan(p, num_sms);
+  const int64_t needed = PartialsBytes(p, plan);
+  float* partials = needed > 0 && workspace != nullptr &&
+                            workspace_bytes >= static_cast<size_t>(needed)
+                        ? static_cast<float*>(workspace)
+                        : nullptr;
+  switch (plan.shape) {
+    case Shape::kWide:
+      return LaunchConfig<T, WideConfig>(p, plan, partials, stream);
+    case Shape::kNarrow:
+      return LaunchConfig<T, NarrowConfig>(p, plan, partials, stream);
+    case Shape::kSmallWide:
+      return LaunchConfig<T, SmallWideConfig>(p, plan, partials, stream);
+    case Shape::kSmallNarrow:
+      break;
+  }
+  return LaunchConfig<T, SmallNarrowConfig>(p, plan, partials, stream);
 }
 
 template <typename T, typename Cfg>
@@ -385,15 +524,22 @@ cudaError_t PrepareSparse24Wgmma(bool* available) {
 #endif
 }
 
+size_t Sparse24WgmmaWorkspaceBytes(const ConvGeometry& geometry, int num_sms) {
+  const Params p = sparse24::MakeParams(geometry, nullptr, nullptr, nullptr, nullptr,
+                                        Activation::kNone, nullptr);
+  return static_cast<size_t>(PartialsBytes(p, ChoosePlan(p, num_sms)));
+}
+
 cudaError_t Sparse24Conv2DWgmma(HalfType type, const ConvGeometry& geometry,
                                 const void* input, const void* packed_values,
                                 const uint32_t* metadata, const void* bias,
                                 Activation activation, void* output, int num_sms,
-                                cudaStream_t stream) {
+                                void* workspace, size_t workspace_bytes, cudaStream_t stream) {
   const Params p = sparse24::MakeParams(geometry, input, packed_values, metadata, bias,
                                         activation, output);
-  return type == HalfType::kFloat16 ? Launch<__half>(p, num_sms, stream)
-                                    : Launch<__nv_bfloat16>(p, num_sms, stream);
+  return type == HalfType::kFloat16
+             ? Launch<__half>(p, num_sms, workspace, workspace_bytes, stream)
+             : Launch<__nv_bfloat16>(p, num_sms, workspace, workspace_bytes, stream);
 }
 
 }  // namespace escort

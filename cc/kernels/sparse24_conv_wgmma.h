@@ -7,6 +7,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "cc/kernels/cast_gpu.h"
@@ -22,6 +23,10 @@ inline constexpr int64_t kSparse24WgmmaStageChannels = 64;
 // allows its kernels the shared memory they need. Call once per device.
 cudaError_t PrepareSparse24Wgmma(bool* available);
 
+// The workspace with which Sparse24Conv2DWgmma splits `geometry` on a
+// device of `num_sms` multiprocessors (0: it does not split it).
+size_t Sparse24WgmmaWorkspaceBytes(const ConvGeometry& geometry, int num_sms);
+
 // As Sparse24Conv2DGpu, on a device PrepareSparse24Wgmma found available,
 // for NHWC geometries with C % kSparse24WgmmaStageChannels == 0 and a
 // nonempty output.
@@ -29,7 +34,8 @@ cudaError_t Sparse24Conv2DWgmma(HalfType type, const ConvGeometry& geometry,
                                 const void* input, const void* packed_values,
                                 const uint32_t* metadata, const void* bias,
                                 Activation activation, void* output,
-                                int num_sms, cudaStream_t stream);
+                                int num_sms, void* workspace,
+                                size_t workspace_bytes, cudaStream_t stream);
 
 }  // namespace escort
 
