@@ -115,16 +115,16 @@ class BuildEscortOps(build_ext):
             archs = os.environ.get("ESCORT_TF_CUDA_ARCHS", DEFAULT_CUDA_ARCHS).split(";")
             gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
             gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")
-            nvcc_flags = [nvcc, "-std=c++17", "-O3", "-Xcompiler", "-fPIC",
-                          f"-I{ROOT}"] + gencode
+            nvcc_base = [nvcc, "-std=c++17", "-O3", "-Xcompiler", "-fPIC", f"-I{ROOT}"]
+            nvcc_flags = nvcc_base + gencode
             for source in SOURCES["GPU_KERNEL_SRCS"]:
                 jobs.append((nvcc_flags, source))
             # wgmma exists only in sm_90a code, which runs on compute capability 9.0 alone.
             # ESCORT_TF_SPARSE24_WGMMA=0 leaves it out (the mma.sp kernel then runs on Hopper too).
             sm90a_flags = nvcc_flags
             if "90" in archs and os.environ.get("ESCORT_TF_SPARSE24_WGMMA", "1") == "1":
-                sm90a_flags = nvcc_flags[:-len(gencode)] + [
-                    "-gencode=arch=compute_90a,code=sm_90a", "-DESCORT_SPARSE24_WGMMA=1"]
+                sm90a_flags = nvcc_base + ["-gencode=arch=compute_90a,code=sm_90a",
+                                           "-DESCORT_SPARSE24_WGMMA=1"]
             for source in SOURCES["GPU_SM90A_KERNEL_SRCS"]:
                 jobs.append((sm90a_flags, source))
             cuda_lib = _cuda_lib_dir(nvcc)

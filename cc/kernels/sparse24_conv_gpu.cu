@@ -7,11 +7,11 @@
 // computes kBlockRows output channels x kBlockPixels output pixels
 // (Config); each warp 16 kWarpTiles x 64 of them, as kWarpTiles x 8 mma.sp
 // m16n8k32 per step of 32 filter columns (one tap, 32 channels). Each
-// step's operands are staged in shared memory with cp.async, kStages - 1
-// steps in flight: B as pixel rows of kStageChannels channels (zero filled where the
-// window leaves the padded input), A and its metadata already in fragment
-// order. The output tile goes through shared memory so
-// that global stores are 16-byte rows of channels.
+// stage's operands are staged in shared memory with cp.async, kStages - 1
+// stages in flight: B as pixel rows of kStageChannels channels (zero filled
+// where the window leaves the padded input), A and its metadata already in
+// fragment order. The output tile goes through shared memory so that global
+// stores are 16-byte rows of channels.
 #include "cc/kernels/sparse24_conv_gpu.h"
 
 #include <cuda_bf16.h>

@@ -42,14 +42,13 @@ constexpr int kStageChannels = static_cast<int>(kSparse24WgmmaStageChannels);
 constexpr int kRowBytes = kStageChannels * 2;  // one pixel's 64 channels
 constexpr int kSwizzleBytes = 1024;            // 8 rows of the 128-byte swizzle
 
-// kStagesPerSync stages are consumed per barrier (and wgmma wait); kSplitK
-// blocks (those for grids smaller than the GPU) may run part of the stages.
-template <int kWgM_, int kWgN_, int kWgPixels_, int kStages_, int kStagesPerSync_, bool kSplitK_>
+// kSplitK blocks (those for grids smaller than the GPU) may run part of the
+// stages.
+template <int kWgM_, int kWgN_, int kStages_, bool kSplitK_>
 struct Config {
   static constexpr int kWgM = kWgM_, kWgN = kWgN_, kStages = kStages_;
-  static constexpr int kStagesPerSync = kStagesPerSync_;
   static constexpr bool kSplitK = kSplitK_;
-  static constexpr int kWgPixels = kWgPixels_;  // N of the wgmma
+  static constexpr int kWgPixels = 128;  // N of the wgmma
   static constexpr int kThreads = 128 * kWgM * kWgN;
   static constexpr int kBlockTiles = 4 * kWgM;  // 16-row A tiles
   static constexpr int kBlockRows = 64 * kWgM;
@@ -68,14 +67,13 @@ struct Config {
   static_assert(kStageBytes % kSwizzleBytes == 0, "every stage's B starts on a swizzle atom");
   static_assert(kThreads % 8 == 0 && kBlockPixels * 8 % kThreads == 0, "whole rows");
   static_assert(kSmemBytes <= 227 * 1024, "fits an SM90 block");
-  static_assert(kStages >= 2 * kStagesPerSync, "a stage is refilled only after its last read");
 };
 // 128 channels x 256 pixels; for 64 or fewer output channels 64 x 256; for
 // grids that would leave multiprocessors idle, 128 x 128 and 64 x 128.
-using WideConfig = Config<2, 2, 128, 4, 1, false>;
-using NarrowConfig = Config<1, 2, 128, 4, 1, false>;
-using SmallWideConfig = Config<2, 1, 128, 4, 1, true>;
-using SmallNarrowConfig = Config<1, 1, 128, 4, 1, true>;
+using WideConfig = Config<2, 2, 4, false>;
+using NarrowConfig = Config<1, 2, 4, false>;
+using SmallWideConfig = Config<2, 1, 4, true>;
+using SmallNarrowConfig = Config<1, 1, 4, true>;
 
 #ifdef ESCORT_WGMMA_BODY
 // The shared-memory matrix descriptor of a K-major B operand with the
@@ -122,77 +120,16 @@ __device__ __forceinline__ uint64_t BDescriptor(uint32_t smem_address) {
       "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), \
       "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]) \
       : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(b_desc), "r"(e), "n"(1))
-#define ESCORT_WGMMA_SP_M64N256K32(TYPE) \
-  asm volatile( \
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %134, 0;\n" \
-      "wgmma.mma_async.sp.sync.aligned.m64n256k32.f32." TYPE "." TYPE " " \
-  "{%0, %1, %2, %3, %4, %5, %6, %7," \
-  "%8, %9, %10, %11, %12, %13, %14, %15," \
-  "%16, %17, %18, %19, %20, %21, %22, %23," \
-  "%24, %25, %26, %27, %28, %29, %30, %31," \
-  "%32, %33, %34, %35, %36, %37, %38, %39," \
-  "%40, %41, %42, %43, %44, %45, %46, %47," \
-  "%48, %49, %50, %51, %52, %53, %54, %55," \
-  "%56, %57, %58, %59, %60, %61, %62, %63," \
-  "%64, %65, %66, %67, %68, %69, %70, %71," \
-  "%72, %73, %74, %75, %76, %77, %78, %79," \
-  "%80, %81, %82, %83, %84, %85, %86, %87," \
-  "%88, %89, %90, %91, %92, %93, %94, %95," \
-  "%96, %97, %98, %99, %100, %101, %102, %103," \
-  "%104, %105, %106, %107, %108, %109, %110, %111," \
-  "%112, %113, %114, %115, %116, %117, %118, %119," \
-  "%120, %121, %122, %123, %124, %125, %126, %127}, " \
-      "{%128, %129, %130, %131}, %132, %133, 0, p, 1, 1, 0;\n}\n" \
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), \
-      "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-      "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), \
-      "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-      "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), \
-      "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-      "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), \
-      "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
-      "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), \
-      "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
-      "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), \
-      "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
-      "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), \
-      "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
-      "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), \
-      "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), \
-      "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), \
-      "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), \
-      "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), \
-      "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), \
-      "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), \
-      "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), \
-      "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), \
-      "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), \
-      "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), \
-      "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), \
-      "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), \
-      "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), \
-      "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), \
-      "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), \
-      "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), \
-      "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127]) \
-      : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(b_desc), "r"(e), "n"(1))
-
-template <typename T, int kN>
-__device__ __forceinline__ void WgmmaSparse(float (&d)[kN / 2], const uint4& a,
-                                            uint64_t b_desc, uint32_t e) {
-  static_assert(kN == 128 || kN == 256, "instantiated shapes");
-  if constexpr (kN == 128 && std::is_same_v<T, __half>) {
+template <typename T>
+__device__ __forceinline__ void WgmmaSparse(float (&d)[64], const uint4& a, uint64_t b_desc,
+                                            uint32_t e) {
+  if constexpr (std::is_same_v<T, __half>) {
     ESCORT_WGMMA_SP_M64N128K32("f16");
-  } else if constexpr (kN == 128) {
-    ESCORT_WGMMA_SP_M64N128K32("bf16");
-  } else if constexpr (std::is_same_v<T, __half>) {
-    ESCORT_WGMMA_SP_M64N256K32("f16");
   } else {
-    ESCORT_WGMMA_SP_M64N256K32("bf16");
+    ESCORT_WGMMA_SP_M64N128K32("bf16");
   }
 }
 #undef ESCORT_WGMMA_SP_M64N128K32
-#undef ESCORT_WGMMA_SP_M64N256K32
 
 __device__ __forceinline__ void WgmmaFence() {
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
@@ -273,59 +210,48 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         static_cast<int64_t>(first_stage + index) * Cfg::kSubSteps, first_tile);
   };
 
-  constexpr int kStages = Cfg::kStages, kPerSync = Cfg::kStagesPerSync;
+  constexpr int kStages = Cfg::kStages;
   float acc[Cfg::kWgPixels / 2];
 #pragma unroll
   for (int i = 0; i < Cfg::kWgPixels / 2; ++i) acc[i] = 0.f;
-  for (int s = 0; s < kStages - kPerSync; ++s) {
+  for (int s = 0; s < kStages - 1; ++s) {
     if (s < num_stage_loads) load_stage(s, s);
     sparse24::CpAsyncCommit();
   }
   const int tile_in_block = wm * 4 + warp_in_group;
-  for (int index = 0; index < num_stage_loads; index += kPerSync) {
-    // One commit group per stage: stages index .. index + kPerSync - 1 have
-    // landed once at most kStages - 2 kPerSync groups are pending.
-    sparse24::CpAsyncWait<kStages - 2 * kPerSync>();
+  for (int index = 0; index < num_stage_loads; ++index) {
+    sparse24::CpAsyncWait<kStages - 2>();
     // cp.async writes through the generic proxy and wgmma reads through the
     // async proxy: each thread fences its own writes before the barrier.
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncthreads();
-    // The stages refilled now were last read by the previous iteration's
+    // The stage refilled now was last read by the previous iteration's
     // wgmma, which every warpgroup waited for before the barrier.
-#pragma unroll
-    for (int j = 0; j < kPerSync; ++j) {
-      const int next = index + kStages - kPerSync + j;
-      if (next < num_stage_loads) load_stage(next, next % kStages);
-      sparse24::CpAsyncCommit();
-    }
+    const int next = index + kStages - 1;
+    if (next < num_stage_loads) load_stage(next, next % kStages);
+    sparse24::CpAsyncCommit();
+
     // All fragments first: a wgmma's A and metadata registers stay untouched
     // until it completes.
-    uint4 a[kPerSync][Cfg::kSubSteps];
-    uint32_t e[kPerSync][Cfg::kSubSteps];
+    const int stage = index % kStages;
+    const unsigned char* stage_ptr = smem + stage * Cfg::kStageBytes;
+    const uint4* a_frags = reinterpret_cast<const uint4*>(stage_ptr + Cfg::kBStageBytes);
+    const uint32_t* metas =
+        reinterpret_cast<const uint32_t*>(stage_ptr + Cfg::kBStageBytes + Cfg::kAStageBytes);
+    uint4 a[Cfg::kSubSteps];
+    uint32_t e[Cfg::kSubSteps];
 #pragma unroll
-    for (int j = 0; j < kPerSync; ++j) {
-      const unsigned char* stage_ptr = smem + (index + j) % kStages * Cfg::kStageBytes;
-      const uint4* a_frags = reinterpret_cast<const uint4*>(stage_ptr + Cfg::kBStageBytes);
-      const uint32_t* metas =
-          reinterpret_cast<const uint32_t*>(stage_ptr + Cfg::kBStageBytes + Cfg::kAStageBytes);
-#pragma unroll
-      for (int sub = 0; sub < Cfg::kSubSteps; ++sub) {
-        a[j][sub] = a_frags[(sub * Cfg::kBlockTiles + tile_in_block) * 32 + lane];
-        e[j][sub] = metas[(sub * Cfg::kBlockTiles + tile_in_block) * 32 + lane];
-      }
+    for (int sub = 0; sub < Cfg::kSubSteps; ++sub) {
+      a[sub] = a_frags[(sub * Cfg::kBlockTiles + tile_in_block) * 32 + lane];
+      e[sub] = metas[(sub * Cfg::kBlockTiles + tile_in_block) * 32 + lane];
     }
+    const uint32_t b_base =
+        base + stage * Cfg::kStageBytes + wn * Cfg::kWgPixels * kRowBytes;
     WgmmaFence();
 #pragma unroll
-    for (int j = 0; j < kPerSync; ++j) {
-      if (index + j < num_stage_loads) {
-        const uint32_t b_base = base + (index + j) % kStages * Cfg::kStageBytes +
-                                wn * Cfg::kWgPixels * kRowBytes;
-#pragma unroll
-        for (int sub = 0; sub < Cfg::kSubSteps; ++sub) {
-          // k32 step `sub` is the 64 bytes at 64 sub of every 128-byte row.
-          WgmmaSparse<T, Cfg::kWgPixels>(acc, a[j][sub], BDescriptor(b_base + sub * 64), e[j][sub]);
-        }
-      }
+    for (int sub = 0; sub < Cfg::kSubSteps; ++sub) {
+      // k32 step `sub` is the 64 bytes at 64 sub of every 128-byte row.
+      WgmmaSparse<T>(acc, a[sub], BDescriptor(b_base + sub * 64), e[sub]);
     }
     WgmmaCommit();
     WgmmaWaitAll();
@@ -336,42 +262,34 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   // acc[4 j + 2 h + c]: channel 16 warp_in_group + g + 8 h of the
   // warpgroup's 64, pixel 8 j + 2 t + c of its kWgPixels.
   const int g = lane / 4, t = lane % 4;
-  if (Cfg::kSplitK && p.partials != nullptr) {
-    // Split-K: this split's fp32 sums, before bias and activation.
-    float* partials = p.partials + static_cast<int64_t>(blockIdx.y) * p.num_pixels * p.K;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int k = first_tile * static_cast<int>(kSparse24TileRows) + wm * 64 +
-                    warp_in_group * 16 + g + 8 * h;
-#pragma unroll
-      for (int j = 0; j < Cfg::kWgPixels / 8; ++j) {
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const int pixel = first_pixel + wn * Cfg::kWgPixels + j * 8 + 2 * t + c;
-          if (k < p.K && pixel < p.num_pixels) {
-            partials[static_cast<int64_t>(pixel) * p.K + k] = acc[4 * j + 2 * h + c];
-          }
-        }
-      }
-    }
-    return;
-  }
+  // Split-K writes this part's fp32 sums, before bias and activation, to
+  // partials[part][pixel][K]; otherwise the tile goes through shared memory.
+  const bool split = Cfg::kSplitK && p.partials != nullptr;
+  float* partials = split ? p.partials + static_cast<int64_t>(blockIdx.y) * p.num_pixels * p.K
+                          : nullptr;
   uint16_t* out_tile = reinterpret_cast<uint16_t*>(smem);
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int k_local = wm * 64 + warp_in_group * 16 + g + 8 * h;
     const int k = first_tile * static_cast<int>(kSparse24TileRows) + k_local;
-    const float bias = (p.bias != nullptr && k < p.K) ? sparse24::ToFloat<T>(p.bias[k]) : 0.f;
+    const float bias =
+        (!split && p.bias != nullptr && k < p.K) ? sparse24::ToFloat<T>(p.bias[k]) : 0.f;
 #pragma unroll
     for (int j = 0; j < Cfg::kWgPixels / 8; ++j) {
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
         const int px_local = wn * Cfg::kWgPixels + j * 8 + 2 * t + c;
-        out_tile[px_local * Cfg::kOutRowHalves + k_local] = sparse24::FromFloat<T>(
-            sparse24::Activate(acc[4 * j + 2 * h + c] + bias, p.activation));
+        const float sum = acc[4 * j + 2 * h + c];
+        if (!split) {
+          out_tile[px_local * Cfg::kOutRowHalves + k_local] =
+              sparse24::FromFloat<T>(sparse24::Activate(sum + bias, p.activation));
+        } else if (k < p.K && first_pixel + px_local < p.num_pixels) {
+          partials[static_cast<int64_t>(first_pixel + px_local) * p.K + k] = sum;
+        }
       }
     }
   }
+  if (split) return;
   __syncthreads();
   sparse24::StoreOutputTile<Cfg::kBlockPixels, Cfg::kBlockRows, Cfg::kThreads>(
       p, out_tile, Cfg::kOutRowHalves, first_pixel,
@@ -444,12 +362,13 @@ int64_t PartialsBytes(const Params& p, const Plan& plan) {
   return plan.splits > 1 ? int64_t{plan.splits} * p.num_pixels * p.K * 4 : 0;
 }
 
-// Runs `plan`, split only when `partials` is set.
+// Runs `plan`, split only when `partials` is set (Launch sets it only for
+// a plan with splits).
 template <typename T, typename Cfg>
 cudaError_t LaunchConfig(Params p, const Plan& plan, float* partials, cudaStream_t stream) {
   const int splits = partials != nullptr ? plan.splits : 1;
-  p.partials = splits > 1 ? partials : nullptr;
-  p.stages_per_split = splits > 1 ? plan.stages_per_split : p.num_steps / Cfg::kSubSteps;
+  p.partials = partials;
+  p.stages_per_split = partials != nullptr ? plan.stages_per_split : p.num_steps / Cfg::kSubSteps;
   const dim3 grid(static_cast<unsigned>(plan.blocks), static_cast<unsigned>(splits));
   Sparse24WgmmaKernel<T, Cfg><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
   const cudaError_t err = cudaGetLastError();
