@@ -6,6 +6,7 @@ timed from CUDA-graph replays of back-to-back calls (bench.graph_ms), so that
 neither side counts host time. Every layer of benchmarks/layers.py, at
 batch 1, 8 and 32, channels-last, no bias:
   escort_24_f16 / escort_24_bf16   ours, 2:4 filter (50% dense)
+  escort_24_f16_whole              ours, f16, without split-K (no workspace)
   cudnn_f16 / cudnn_bf16           dense F.conv2d in that precision
   cudnn_tf32                       dense F.conv2d in fp32 with TF32 on
 
@@ -37,9 +38,9 @@ def build(build_dir):
     return os.path.join(build_dir, "sparse24_conv_gpu_bench")
 
 
-def ours(binary, layer, batch, dtype):
+def ours(binary, layer, batch, dtype, *options):
     args = [batch, layer.height, layer.width, layer.in_channels, layer.out_channels,
-            layer.kernel, layer.kernel, layer.stride, layer.padding, dtype]
+            layer.kernel, layer.kernel, layer.stride, layer.padding, dtype, *options]
     result = subprocess.run([binary, *map(str, args)], check=True, capture_output=True,
                             text=True)
     return json.loads(result.stdout)["us"] / 1e3
@@ -58,12 +59,17 @@ def main():
     parser.add_argument("--json", required=True)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--build-dir", default=os.path.join(HERE, "build", "sparse24"))
+    parser.add_argument("--prebuilt", action="store_true",
+                        help="use the benchmark already in --build-dir (built elsewhere)")
     args = parser.parse_args()
-    binary = build(os.path.abspath(args.build_dir))
+    build_dir = os.path.abspath(args.build_dir)
+    binary = (os.path.join(build_dir, "sparse24_conv_gpu_bench") if args.prebuilt
+              else build(build_dir))
     rows = []
     for batch in args.batches:
         for layer in LAYERS:
             ms = {"escort_24_f16": ours(binary, layer, batch, "f16"),
+                  "escort_24_f16_whole": ours(binary, layer, batch, "f16", "whole"),
                   "escort_24_bf16": ours(binary, layer, batch, "bf16"),
                   "cudnn_f16": cudnn(layer, batch, torch.float16),
                   "cudnn_bf16": cudnn(layer, batch, torch.bfloat16)}
@@ -80,6 +86,8 @@ def main():
             "f16_vs_cudnn_f16": geomean([m["cudnn_f16"] / m["escort_24_f16"] for m in sel]),
             "bf16_vs_cudnn_bf16": geomean([m["cudnn_bf16"] / m["escort_24_bf16"] for m in sel]),
             "f16_vs_cudnn_tf32": geomean([m["cudnn_tf32"] / m["escort_24_f16"] for m in sel]),
+            "f16_split_k_vs_whole": geomean([m["escort_24_f16_whole"] / m["escort_24_f16"]
+                                             for m in sel]),
         }
         print(f"batch {batch}: geomean speedup " + ", ".join(
             f"{k} {v:.2f}x" for k, v in summary[f"batch{batch}"].items()), flush=True)

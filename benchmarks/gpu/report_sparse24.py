@@ -30,15 +30,19 @@ def markdown(data, commit=None):
              "speedup = cuDNN time / ours (>1: ours faster)."
              + (f" Kernel at commit {commit}." if commit else ""),
              ""]
+    # Results from before split-K have no unsplit column.
+    columns = [("escort_24_f16", "ours f16"), ("escort_24_f16_whole", "ours f16 unsplit"),
+               ("escort_24_bf16", "ours bf16"), ("cudnn_f16", "cuDNN f16"),
+               ("cudnn_bf16", "cuDNN bf16"), ("cudnn_tf32", "cuDNN TF32")]
+    columns = [(key, name) for key, name in columns if key in data["rows"][0]["ms"]]
     for batch in sorted({r["batch"] for r in data["rows"]}):
         lines += [f"## batch {batch}", "",
-                  "| layer | ours f16 | ours bf16 | cuDNN f16 | cuDNN bf16 | cuDNN TF32 "
-                  "| f16 vs f16 | bf16 vs bf16 | f16 vs TF32 |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| layer | " + " | ".join(name for _, name in columns)
+                  + " | f16 vs f16 | bf16 vs bf16 | f16 vs TF32 |",
+                  "|---|" + "---:|" * (len(columns) + len(PAIRS))]
         for row in (r for r in data["rows"] if r["batch"] == batch):
             ms = row["ms"]
-            times = " | ".join(f"{ms[k] * 1e3:.1f}" for k in (
-                "escort_24_f16", "escort_24_bf16", "cudnn_f16", "cudnn_bf16", "cudnn_tf32"))
+            times = " | ".join(f"{ms[key] * 1e3:.1f}" for key, _ in columns)
             ratios = " | ".join(f"{ms[peer] / ms[ours]:.2f}x" for ours, peer in PAIRS)
             lines.append(f"| {row['layer']} | {times} | {ratios} |")
         summary = data["geomean_speedup"][f"batch{batch}"]

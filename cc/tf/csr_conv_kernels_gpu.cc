@@ -290,13 +290,26 @@ class CsrConv2DGpuOp : public CsrConv2DOpBase {
             filter.sparse24_value_index.flat<int32_t>().data(), num_packed,
             context->input(3).data(), packed.data(), stream),
         "packing the 2:4 filter values"));
+    // Convolutions whose grid would leave multiprocessors idle split their
+    // filter columns (split-K) into fp32 partials held in this workspace.
+    size_t workspace_bytes = 0;
+    TF_RETURN_IF_ERROR(CudaStatus(
+        escort::Sparse24WorkspaceBytes(geometry, &workspace_bytes),
+        "sizing the 2:4 convolution's workspace"));
+    Tensor workspace;
+    if (workspace_bytes > 0) {
+      TF_RETURN_IF_ERROR(context->allocate_temp(
+          DT_INT8, TensorShape({static_cast<int64_t>(workspace_bytes)}),
+          &workspace));
+    }
     const Tensor& bias = context->input(4);
     return CudaStatus(
         escort::Sparse24Conv2DGpu(
             HalfTypeOf<T>(), geometry, context->input(0).data(),
             packed.data(), filter.sparse24_metadata.flat<uint32_t>().data(),
             bias.NumElements() > 0 ? bias.data() : nullptr, activation(),
-            output->data(), stream),
+            output->data(), stream,
+            workspace_bytes > 0 ? workspace.data() : nullptr, workspace_bytes),
         "launching the 2:4 tensor-core convolution");
   }
 
