@@ -15,7 +15,7 @@ import tf_keras
 
 import escort_tf
 import pruned_models
-from escort_tf.convert import ConversionReport, is_pruning_wrapper
+from escort_tf.convert import ConversionReport, is_pruning_wrapper, pick_whole_model
 from escort_tf.layers import SparseConv2D
 
 L = tf_keras.layers
@@ -461,6 +461,18 @@ def test_whole_model_check_can_keep_the_rules_conversion(rng, monkeypatch):
                                **TOL)
 
 
+@pytest.mark.parametrize("model_ms,choice", [
+    ({"per_layer": 1.0, "rule": 1.2, "dense": 2.0}, "per_layer"),
+    ({"per_layer": 1.0, "rule": 0.9, "dense": 2.0}, "rule"),
+    ({"per_layer": 2.0, "rule": 2.0, "dense": 9.0}, "per_layer"),  # a tie keeps the first
+    ({"per_layer": 1.96, "rule": 1.97, "dense": 2.0}, "dense"),  # within 5%: noise
+    ({"per_layer": 1.9, "dense": 2.0}, "per_layer"),
+    ({"per_layer": 1.99, "rule": 1.98}, "rule"),  # no dense model: no margin
+])
+def test_whole_model_pick_keeps_sparse_only_clearly_faster_than_dense(model_ms, choice):
+    assert pick_whole_model(model_ms) == choice
+
+
 def test_whole_model_check_times_real_models(rng):
     pruned = pruned_models.prune(pruned_models.functional(), 0.8, rng)
     converted, report = escort_tf.convert(pruned, autotune=True, autotune_batch_size=2,
@@ -470,7 +482,7 @@ def test_whole_model_check_times_real_models(rng):
     assert "per_layer" in report.model_ms and len(report.model_ms) >= 2
     assert report.model_ms.keys() <= {"per_layer", "rule", "dense"}
     assert all(ms > 0 for ms in report.model_ms.values())
-    assert report.model_choice == min(report.model_ms, key=report.model_ms.get)
+    assert report.model_choice == pick_whole_model(report.model_ms)
     sparse = {row.name for row in report if row.decision == "sparse"}
     assert sparse == {name for name, kind in layer_types(converted).items()
                       if kind == "SparseConv2D"}
