@@ -150,16 +150,27 @@ def bench_models(image_size, batches, reps, progress):
     rng = np.random.default_rng(0)
     rows = []
     for batch in batches:
+        # What a user would deploy at this batch: each layer timed on this GPU
+        # (2:4 tensor cores, CSR kernel or dense), then the whole-model check.
+        start = time.perf_counter()
+        tuned, tuned_report = escort_tf.convert(models["dense_f16"], autotune=True,
+                                                autotune_batch_size=batch, return_report=True)
+        autotune = {"autotune_s": time.perf_counter() - start,
+                    "tensor_core_layers": sum(r.engine == "tensor_cores_2_4" and
+                                              r.decision == "sparse" for r in tuned_report),
+                    "model_choice": tuned_report.model_choice}
+        progress(f"autotuned under mixed_float16 at batch {batch}: {autotune}")
+        batch_models = {**models, "autotuned_f16": tuned}
         x = tf.constant(rng.standard_normal((batch, image_size, image_size, 3), np.float32))
         fns = {kind: tf.function(lambda t, m=m: m(t, training=False))
-               for kind, m in models.items()}
+               for kind, m in batch_models.items()}
         timed = {kind: (lambda fn=fn: fn(x).numpy()) for kind, fn in fns.items()}
         outputs = {kind: fn() for kind, fn in timed.items()}
         times = {kind: t["median_ms"]
                  for kind, t in time_side_by_side(timed, reps=reps, warmup=2).items()}
         with common.tf32(False):
             reference = timed["dense_tf32"]()
-        row = {"batch": batch, "reps": reps}
+        row = {"batch": batch, "reps": reps, "autotune_f16": autotune}
         for kind, t in times.items():
             row[f"{kind}_ms"] = t
             row[f"{kind}_relative_error_vs_fp32"] = common.relative_error(outputs[kind],
@@ -167,6 +178,7 @@ def bench_models(image_size, batches, reps, progress):
         for name in POLICIES:
             row[f"speedup_converted_{name}_vs_dense_{name}"] = (
                 times[f"dense_{name}"] / times[f"converted_{name}"])
+        row["speedup_autotuned_f16_vs_dense_f16"] = times["dense_f16"] / times["autotuned_f16"]
         rows.append(row)
         progress(f"resnet50 b{batch}: " + ", ".join(f"{k} {t:.2f} ms" for k, t in times.items()))
     return {"image_size": image_size, "conversion": reports, "calls": rows}
@@ -194,15 +206,28 @@ def markdown(report):
     models = report.get("models")
     if models:
         kinds = ["dense_tf32", "dense_f16", "converted_f16", "dense_bf16", "converted_bf16"]
+        speedups = ["converted_f16_vs_dense_f16", "converted_bf16_vs_dense_bf16"]
+        if "autotuned_f16_ms" in models["calls"][0]:  # runs before 2026-12-07 lack it
+            kinds.insert(3, "autotuned_f16")
+            speedups.append("autotuned_f16_vs_dense_f16")
         lines += ["## ResNet-50, 2:4-pruned, model call", "",
                   "Median `tf.function` call in ms (`training=False`, output read back); "
-                  "the speedups compare converted with dense under the same policy.", "",
-                  "| batch | " + " | ".join(kinds) + " | f16 speedup | bf16 speedup |",
-                  "|---" * (len(kinds) + 3) + "|"]
+                  "the speedups compare converted (`convert(model)`) and autotuned "
+                  "(`convert(model, autotune=True, autotune_batch_size=batch)`) with dense "
+                  "under the same policy.", "",
+                  "| batch | " + " | ".join(kinds) + " | "
+                  + " | ".join(f"speedup {k.split('_vs_')[0]}" for k in speedups) + " |",
+                  "|---" * (len(kinds) + len(speedups) + 1) + "|"]
         for r in models["calls"]:
             lines.append(f"| {r['batch']} | " + " | ".join(f"{r[f'{k}_ms']:.2f}" for k in kinds)
-                         + f" | {r['speedup_converted_f16_vs_dense_f16']:.2f}x | "
-                         f"{r['speedup_converted_bf16_vs_dense_bf16']:.2f}x |")
+                         + " | " + " | ".join(f"{r[f'speedup_{k}']:.2f}x" for k in speedups)
+                         + " |")
+        if "autotune_f16" in models["calls"][0]:
+            lines += ["", "Autotune under mixed_float16: " + "; ".join(
+                f"batch {r['batch']}: {r['autotune_f16']['autotune_s']:.1f} s, "
+                f"{r['autotune_f16']['tensor_core_layers']} layers on tensor cores, "
+                f"whole-model check kept {r['autotune_f16']['model_choice']}"
+                for r in models["calls"])]
         lines += ["", "Relative error against float32 (TF32 off): " + "; ".join(
             f"batch {r['batch']}: " + ", ".join(
                 f"{k} {r[f'{k}_relative_error_vs_fp32']:.1e}" for k in kinds[1:])
