@@ -102,7 +102,10 @@ def test_random_configuration_matches_float64(seed, dtype_name):
     Case(2, 9, 1, 32, 8, 3, 1, (1, 1), (1, 1), "SAME", 0.5, activation="relu6"),
     Case(1, 23, 23, 64, 40, 7, 7, (2, 2), (1, 1), "SAME", 0.5),
     Case(8, 30, 30, 64, 300, 3, 3, (1, 1), (1, 1), "SAME", 0.5, activation="relu"),
-], ids=["single_pixel", "width_one", "7x7_stride2", "large_grid"])
+    # ResNet-50's res5 3x3 at batch 1: on Hopper a grid of 4 blocks, split-K
+    # into 16 parts in the op's workspace, bias and ReLU added after the parts.
+    Case(1, 7, 7, 512, 512, 3, 3, (1, 1), (1, 1), "SAME", 0.5, activation="relu"),
+], ids=["single_pixel", "width_one", "7x7_stride2", "large_grid", "split_k_small_grid"])
 def test_named_case_matches_float64(case, dtype_name):
     _check_case(case, dtype_name, np.random.default_rng(3))
 
