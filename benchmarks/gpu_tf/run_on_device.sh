@@ -4,7 +4,11 @@
 # wheels (tensorflow 2.21, tf-keras, TFMOT, their pure-Python dependencies and
 # the CUDA 12 runtime wheel) plus an install.sh that installs them into
 # /tmp/site and maps TF's CUDA 12 library names onto the machine's CUDA
-# libraries, split into parts /tmp/x/p00, p01, ... Usage, from the repository root:
+# libraries, split into parts /tmp/x/p00, p01, ... (one carried per call; a call
+# carries the tree too, 64 MiB in all, so with this tree at ~7 MB the 58 MiB parts
+# of make-parts.sh need re-splitting, in their folder:
+# cat p?? > all && rm p?? && split -b 50m -d -a 2 all p && rm all).
+# Usage, from the repository root:
 #   run_on_device.sh setup   # join, unpack and install those, build the op, check the GPU
 #   run_on_device.sh test    # tests/gpu, then the whole suite
 #   run_on_device.sh models [args]  # bench_models.py
