@@ -14,7 +14,10 @@
 // float16/bfloat16 filters that are 2:4 along the input channels run on
 // sparse tensor cores (sparse24_conv_gpu.h) unless the engine attr says
 // CUDA_CORES: the 2:4 layout is derived from the CSR indices when they are
-// validated, and kept with them.
+// validated, and kept with them. The values packed into that layout are
+// kept the same way, with a reference to the values buffer they came from,
+// so a layer whose values tensor is the same buffer call after call (a
+// variable read, a constant) packs them once.
 #if GOOGLE_CUDA
 #ifndef EIGEN_USE_GPU
 #define EIGEN_USE_GPU  // Eigen::GpuDevice, for the op's stream
@@ -65,6 +68,21 @@ struct DeviceFilter {
            host_column_indices.SharesBufferWith(column_indices_in) &&
            host_column_indices.NumElements() ==
                column_indices_in.NumElements();
+  }
+};
+
+// A 2:4 filter's values in its tensor-core layout, packed on the device from
+// the values buffer referenced here. The reference makes TensorFlow copy
+// that buffer before updating a variable in place, as for the indices.
+struct PackedValues {
+  std::shared_ptr<const DeviceFilter> filter;
+  Tensor source_values;
+  Tensor packed;  // device memory, DeviceFilter::sparse24_value_index's size
+
+  bool Serves(const std::shared_ptr<const DeviceFilter>& filter_in,
+              const Tensor& values_in) const {
+    return filter == filter_in && source_values.SharesBufferWith(values_in) &&
+           source_values.NumElements() == values_in.NumElements();
   }
 };
 
@@ -139,7 +157,7 @@ class CsrConv2DGpuOp : public CsrConv2DOpBase {
     if constexpr (!std::is_same_v<T, float>) {
       if (filter->UsesTensorCores()) {
         OP_REQUIRES_OK(context,
-                       ComputeOnTensorCores(context, geometry, *filter,
+                       ComputeOnTensorCores(context, geometry, filter,
                                             stream, output));
         return;
       }
@@ -276,20 +294,47 @@ class CsrConv2DGpuOp : public CsrConv2DOpBase {
                                    "op: ", why_not);
   }
 
-  absl::Status ComputeOnTensorCores(OpKernelContext* context,
-                                    const escort::ConvGeometry& geometry,
-                                    const DeviceFilter& filter,
-                                    cudaStream_t stream, Tensor* output) {
-    const int64_t num_packed = filter.sparse24_value_index.NumElements();
-    Tensor packed;
+  // This call's values in the 2:4 layout of `filter`: the cached ones when
+  // they were packed from the same values buffer for the same filter, else
+  // newly packed ones, which then replace them. Shared and kept alive as in
+  // GetFilter; the packing is ordered on the stream before any launch that
+  // reads it.
+  absl::Status GetPackedValues(OpKernelContext* context,
+                               std::shared_ptr<const DeviceFilter> filter,
+                               cudaStream_t stream,
+                               std::shared_ptr<const PackedValues>* packed) {
+    const Tensor& values = context->input(3);
+    {
+      tf_shared_lock lock(mu_);
+      if (packed_values_ != nullptr && packed_values_->Serves(filter, values)) {
+        *packed = packed_values_;
+        return absl::OkStatus();
+      }
+    }
+    auto fresh = std::make_shared<PackedValues>();
+    fresh->filter = filter;
+    fresh->source_values = values;
+    const int64_t num_packed = filter->sparse24_value_index.NumElements();
     TF_RETURN_IF_ERROR(context->allocate_temp(DataTypeToEnum<T>::value,
                                               TensorShape({num_packed}),
-                                              &packed));
+                                              &fresh->packed));
     TF_RETURN_IF_ERROR(CudaStatus(
         escort::PackSparse24ValuesGpu(
-            filter.sparse24_value_index.flat<int32_t>().data(), num_packed,
-            context->input(3).data(), packed.data(), stream),
+            filter->sparse24_value_index.flat<int32_t>().data(), num_packed,
+            values.data(), fresh->packed.data(), stream),
         "packing the 2:4 filter values"));
+    mutex_lock lock(mu_);
+    packed_values_ = fresh;
+    *packed = std::move(fresh);
+    return absl::OkStatus();
+  }
+
+  absl::Status ComputeOnTensorCores(
+      OpKernelContext* context, const escort::ConvGeometry& geometry,
+      std::shared_ptr<const DeviceFilter> filter, cudaStream_t stream,
+      Tensor* output) {
+    std::shared_ptr<const PackedValues> packed;
+    TF_RETURN_IF_ERROR(GetPackedValues(context, filter, stream, &packed));
     // Convolutions whose grid would leave multiprocessors idle split their
     // filter columns (split-K) into fp32 partials held in this workspace.
     size_t workspace_bytes = 0;
@@ -306,7 +351,8 @@ class CsrConv2DGpuOp : public CsrConv2DOpBase {
     return CudaStatus(
         escort::Sparse24Conv2DGpu(
             HalfTypeOf<T>(), geometry, context->input(0).data(),
-            packed.data(), filter.sparse24_metadata.flat<uint32_t>().data(),
+            packed->packed.data(),
+            filter->sparse24_metadata.flat<uint32_t>().data(),
             bias.NumElements() > 0 ? bias.data() : nullptr, activation(),
             output->data(), stream,
             workspace_bytes > 0 ? workspace.data() : nullptr, workspace_bytes),
@@ -316,6 +362,7 @@ class CsrConv2DGpuOp : public CsrConv2DOpBase {
   Engine engine_ = Engine::kAuto;
   mutex mu_;
   std::shared_ptr<const DeviceFilter> filter_ TF_GUARDED_BY(mu_);
+  std::shared_ptr<const PackedValues> packed_values_ TF_GUARDED_BY(mu_);
 };
 
 #define REGISTER_GPU(T)                                   \

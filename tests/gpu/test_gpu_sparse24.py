@@ -168,6 +168,41 @@ def test_cached_filter_follows_new_values_and_checks_their_count(rng):
             run(tf.concat([values, values[:1]], 0))
 
 
+def test_packed_values_follow_in_place_updates(rng):
+    """The op keeps the values it packed for the tensor cores while it is fed
+    the same buffer: each way of updating the variable must reach the output."""
+    csr = escort_tf.CsrFilter.from_dense(pruned_models.kernel_2_4(rng, (3, 3, 32, 16)))
+    x = tf.constant(rng.standard_normal((2, 8, 8, 32)), tf.float16)
+    with tf.device("/CPU:0"):
+        offsets = tf.Variable(csr.row_offsets)
+        columns = tf.Variable(csr.column_indices)
+    with tf.device(GPU):
+        values = tf.Variable(tf.constant(csr.values, tf.float16))
+
+    def conv(engine):
+        return escort_tf.ops.csr_conv2d(x, offsets, columns, values, csr.filter_shape,
+                                        engine=engine)
+
+    on_tensor_cores = tf.function(lambda: conv("tensor_cores_2_4"))
+    on_cuda_cores = tf.function(lambda: conv("cuda_cores"))
+    updates = [
+        lambda: values.assign_add(tf.ones_like(values)),
+        lambda: values.assign_sub(0.5 * values),
+        lambda: values.scatter_nd_update([[0], [csr.nnz - 1]], tf.constant([3, -2], tf.float16)),
+        lambda: values.assign(tf.reverse(values, [0])),
+    ]
+    with tf.device(GPU):
+        before = on_tensor_cores().numpy()
+        for update in updates:
+            update()
+            after = on_tensor_cores().numpy()
+            assert not np.array_equal(after, before)
+            np.testing.assert_allclose(after.astype(np.float32),
+                                       on_cuda_cores().numpy().astype(np.float32),
+                                       rtol=2e-3, atol=2e-2)
+            before = after
+
+
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_keras_layer_under_mixed_precision_runs_on_tensor_cores(rng, policy):
     tf_keras.mixed_precision.set_global_policy(policy)
