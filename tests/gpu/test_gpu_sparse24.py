@@ -142,9 +142,9 @@ def test_tensor_cores_refuse_what_they_cannot_run_and_auto_falls_back(
                                   _on_gpu(inputs, kernel, "cuda_cores", data_format=data_format))
 
 
-def test_cached_filter_follows_new_values_and_checks_their_count(rng):
-    """Same index variables, new values: the output follows; a values tensor of
-    another length is rejected although the indices are the cached ones."""
+def _filter_variables_2_4(rng):
+    """A 2:4 filter as variables where a layer keeps them (indices on the host,
+    float16 values on the GPU), and a float16 input for it."""
     csr = escort_tf.CsrFilter.from_dense(pruned_models.kernel_2_4(rng, (3, 3, 32, 16)))
     x = tf.constant(rng.standard_normal((2, 8, 8, 32)), tf.float16)
     with tf.device("/CPU:0"):
@@ -152,6 +152,13 @@ def test_cached_filter_follows_new_values_and_checks_their_count(rng):
         columns = tf.Variable(csr.column_indices)
     with tf.device(GPU):
         values = tf.Variable(tf.constant(csr.values, tf.float16))
+    return csr, x, offsets, columns, values
+
+
+def test_cached_filter_follows_new_values_and_checks_their_count(rng):
+    """Same index variables, new values: the output follows; a values tensor of
+    another length is rejected although the indices are the cached ones."""
+    csr, x, offsets, columns, values = _filter_variables_2_4(rng)
 
     # One signature for both lengths: the same op instance, holding the cached filter.
     @tf.function(input_signature=[tf.TensorSpec([None], tf.float16)])
@@ -171,13 +178,7 @@ def test_cached_filter_follows_new_values_and_checks_their_count(rng):
 def test_packed_values_follow_in_place_updates(rng):
     """The op keeps the values it packed for the tensor cores while it is fed
     the same buffer: each way of updating the variable must reach the output."""
-    csr = escort_tf.CsrFilter.from_dense(pruned_models.kernel_2_4(rng, (3, 3, 32, 16)))
-    x = tf.constant(rng.standard_normal((2, 8, 8, 32)), tf.float16)
-    with tf.device("/CPU:0"):
-        offsets = tf.Variable(csr.row_offsets)
-        columns = tf.Variable(csr.column_indices)
-    with tf.device(GPU):
-        values = tf.Variable(tf.constant(csr.values, tf.float16))
+    csr, x, offsets, columns, values = _filter_variables_2_4(rng)
 
     def conv(engine):
         return escort_tf.ops.csr_conv2d(x, offsets, columns, values, csr.filter_shape,
