@@ -35,6 +35,40 @@ from escort_tf import fold, skimcaffe_models  # noqa: E402
 from escort_tf.timing import time_side_by_side  # noqa: E402
 
 
+_LAYER_FIELDS = ("name", "kernel_shape", "sparsity", "decision", "engine", "sparse_ms",
+                 "tensor_cores_ms", "dense_ms")
+
+
+def _layer_table(name, autotune):
+    """Markdown: autotune's time of each layer, sparse and dense, at each batch."""
+    batches = sorted(autotune, key=int)
+    by_layer = {}
+    for b in batches:
+        for layer in autotune[b].get("layers", []):
+            by_layer.setdefault(layer["name"], {})[b] = layer
+    if not by_layer:
+        return []
+    lines = [f"## {name}, autotune's layer times", "",
+             "Median time of each layer alone, in ms: sparse on CUDA cores / dense (TF32), "
+             "and the kind autotune kept.", "",
+             "| layer | kernel | sparsity | " + " | ".join(f"batch {b}" for b in batches) + " |",
+             "|---" * (len(batches) + 3) + "|"]
+    for layer_name, per_batch in by_layer.items():
+        first = next(iter(per_batch.values()))
+        cells = []
+        for b in batches:
+            layer = per_batch.get(b)
+            if layer is None:
+                cells.append("")
+                continue
+            dense_ms = "-" if layer["dense_ms"] is None else f"{layer['dense_ms']:.3f}"
+            cells.append(f"{layer['sparse_ms']:.3f} / {dense_ms} {layer['decision']}")
+        shape = "x".join(str(d) for d in first["kernel_shape"] or ())
+        lines.append(f"| {layer_name} | {shape} | {first['sparsity']:.2f} | "
+                     + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def _autotuned(dense, batch, autotune_s):
     """The converted variants of `dense`; autotuned for `batch`."""
     start = time.perf_counter()
@@ -46,6 +80,9 @@ def _autotuned(dense, batch, autotune_s):
         "timed": sum(row.sparse_ms is not None for row in report),
         "whole_model_ms": report.model_ms,
         "whole_model_choice": report.model_choice,
+        # Each timed layer's times, so that a whole-model ratio can be traced to its layers.
+        "layers": [{field: getattr(row, field) for field in _LAYER_FIELDS}
+                   for row in report if row.sparse_ms is not None],
     }
     return tuned
 
@@ -144,6 +181,7 @@ def markdown(report):
                if v.get("whole_model_ms") else "")
             # JSON keys are strings, sorted as such ("1", "32", "8").
             for b, v in sorted(result["autotune"].items(), key=lambda item: int(item[0]))), ""]
+        lines += _layer_table(name, result["autotune"])
     return "\n".join(lines)
 
 
