@@ -52,6 +52,12 @@ absl::Status CudaStatus(cudaError_t error, const char* what) {
                           cudaGetErrorString(error));
 }
 
+// Whether `input` is the very buffer `kept` references (see the file
+// comment for why that means unchanged contents).
+bool IsKeptBuffer(const Tensor& kept, const Tensor& input) {
+  return kept.SharesBufferWith(input) && kept.NumElements() == input.NumElements();
+}
+
 // A validated CSR index pair and its device copy, or its 2:4 layout.
 struct DeviceFilter {
   Tensor host_row_offsets, host_column_indices;
@@ -63,11 +69,8 @@ struct DeviceFilter {
 
   bool Serves(const Tensor& row_offsets_in,
               const Tensor& column_indices_in) const {
-    return host_row_offsets.SharesBufferWith(row_offsets_in) &&
-           host_row_offsets.NumElements() == row_offsets_in.NumElements() &&
-           host_column_indices.SharesBufferWith(column_indices_in) &&
-           host_column_indices.NumElements() ==
-               column_indices_in.NumElements();
+    return IsKeptBuffer(host_row_offsets, row_offsets_in) &&
+           IsKeptBuffer(host_column_indices, column_indices_in);
   }
 };
 
@@ -81,8 +84,7 @@ struct PackedValues {
 
   bool Serves(const std::shared_ptr<const DeviceFilter>& filter_in,
               const Tensor& values_in) const {
-    return filter == filter_in && source_values.SharesBufferWith(values_in) &&
-           source_values.NumElements() == values_in.NumElements();
+    return filter == filter_in && IsKeptBuffer(source_values, values_in);
   }
 };
 
