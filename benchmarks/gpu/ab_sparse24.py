@@ -37,10 +37,12 @@ def shapes(args):
             for batch in args.batches for layer in LAYERS]
 
 
-def time_us(binary, shape, dtype):
-    n, h, w, c, k, r, stride, pad = shape[1:]
-    result = subprocess.run([binary, *map(str, (n, h, w, c, k, r, r, stride, pad)), dtype],
-                            check=True, capture_output=True, text=True)
+def run_bench(binary, n, h, w, c, k, r, stride, pad, dtype, *options):
+    """Microseconds per call that `binary` (a sparse24_conv_gpu_bench) reports
+    for an R x R convolution; `options` are its trailing arguments ("whole")."""
+    args = (n, h, w, c, k, r, r, stride, pad, dtype, *options)
+    result = subprocess.run([binary, *map(str, args)], check=True, capture_output=True,
+                            text=True)
     return json.loads(result.stdout)["us"]
 
 
@@ -63,7 +65,7 @@ def main():
         us = {name: [] for name in builds}
         for _ in range(args.rounds):
             for name, binary in builds.items():
-                us[name].append(time_us(binary, shape, args.dtype))
+                us[name].append(run_bench(binary, *shape[1:], args.dtype))
         median = {name: statistics.median(times) for name, times in us.items()}
         rows.append({"shape": shape, "us": us, "median_us": median,
                      "speedup_over_" + base: {name: median[base] / t for name, t in median.items()}})

@@ -24,6 +24,7 @@ import subprocess
 import torch
 import torch.nn.functional as F
 
+from ab_sparse24 import run_bench
 from bench import device_info, geomean, graph_ms, set_tf32
 from layers import LAYERS
 
@@ -39,11 +40,9 @@ def build(build_dir):
 
 
 def ours(binary, layer, batch, dtype, *options):
-    args = [batch, layer.height, layer.width, layer.in_channels, layer.out_channels,
-            layer.kernel, layer.kernel, layer.stride, layer.padding, dtype, *options]
-    result = subprocess.run([binary, *map(str, args)], check=True, capture_output=True,
-                            text=True)
-    return json.loads(result.stdout)["us"] / 1e3
+    return run_bench(binary, batch, layer.height, layer.width, layer.in_channels,
+                     layer.out_channels, layer.kernel, layer.stride, layer.padding, dtype,
+                     *options) / 1e3
 
 
 def cudnn(layer, batch, dtype):
