@@ -280,6 +280,8 @@ int main(int argc, char** argv) {
       // K <= 64 on a full grid; the others above take 128 x 256
       // (large_blocks), 128 x 128 (many_blocks) and 64 x 128 (3x3_same_relu).
       {"narrow_blocks", 16, 48, 48, 64, 56, 3, 3, Attrs(1, 1, kSame), true, Activation::kRelu},
+      // 256 x 128 blocks: K a multiple of 256 and a grid of >= ~140 of them.
+      {"tall_blocks", 4, 68, 68, 64, 256, 3, 3, Attrs(1, 1, kSame), true, Activation::kRelu},
   };
   std::uniform_int_distribution<int> small(1, 4), spatial(1, 20), chunks(1, 4),
       outs(1, 80), window(1, 5), stride(1, 3), dilation(1, 2), pad(0, 1);
