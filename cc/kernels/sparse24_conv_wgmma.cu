@@ -73,11 +73,11 @@ struct Config {
 // batch 32 took 231 us instead of 252); for 64 or fewer output channels
 // 64 x 256; for grids that would leave multiprocessors idle, 128 x 128 and
 // 64 x 128.
-using WideConfig = Config<2, 2, 4, false>;
-using TallConfig = Config<4, 1, 4, false>;
-using NarrowConfig = Config<1, 2, 4, false>;
-using SmallWideConfig = Config<2, 1, 4, true>;
-using SmallNarrowConfig = Config<1, 1, 4, true>;
+using WideConfig = Config<2, 2, 5, false>;
+using TallConfig = Config<4, 1, 5, false>;
+using NarrowConfig = Config<1, 2, 5, false>;
+using SmallWideConfig = Config<2, 1, 5, true>;
+using SmallNarrowConfig = Config<1, 1, 5, true>;
 
 #ifdef ESCORT_WGMMA_BODY
 // The shared-memory matrix descriptor of a K-major B operand with the
@@ -141,8 +141,18 @@ __device__ __forceinline__ void WgmmaFence() {
 __device__ __forceinline__ void WgmmaCommit() {
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 }
-__device__ __forceinline__ void WgmmaWaitAll() {
-  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+// Waits until at most kPending of this warpgroup's committed wgmma groups
+// are still in flight.
+template <int kPending>
+__device__ __forceinline__ void WgmmaWait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
+// Keeps the compiler from moving accesses of the accumulators across a
+// wgmma fence, commit or wait (CUTLASS's warpgroup_fence_operand).
+template <int N>
+__device__ __forceinline__ void FenceOperands(float (&acc)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(acc[i])::"memory");
 }
 #endif  // ESCORT_WGMMA_BODY
 
@@ -214,29 +224,36 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         static_cast<int64_t>(first_stage + index) * Cfg::kSubSteps, first_tile);
   };
 
+  // A stage's wgmma stays in flight while the next stage is waited for, its
+  // barrier passed and its successor's loads issued; it is retired just
+  // before the next stage's A and metadata registers are loaded (ptxas
+  // serialises every wgmma if registers feeding one are written while another
+  // is in flight). So at a barrier only the previous stage may still be read,
+  // and loads run kStages - 2 stages ahead.
   constexpr int kStages = Cfg::kStages;
+  constexpr int kAhead = kStages - 2;
   float acc[Cfg::kWgPixels / 2];
 #pragma unroll
   for (int i = 0; i < Cfg::kWgPixels / 2; ++i) acc[i] = 0.f;
-  for (int s = 0; s < kStages - 1; ++s) {
+  for (int s = 0; s < kAhead; ++s) {
     if (s < num_stage_loads) load_stage(s, s);
     sparse24::CpAsyncCommit();
   }
   const int tile_in_block = wm * 4 + warp_in_group;
   for (int index = 0; index < num_stage_loads; ++index) {
-    sparse24::CpAsyncWait<kStages - 2>();
+    sparse24::CpAsyncWait<kAhead - 1>();
     // cp.async writes through the generic proxy and wgmma reads through the
     // async proxy: each thread fences its own writes before the barrier.
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncthreads();
-    // The stage refilled now was last read by the previous iteration's
-    // wgmma, which every warpgroup waited for before the barrier.
-    const int next = index + kStages - 1;
+    // The stage refilled now last fed stage index - 2's wgmma, which every
+    // warpgroup retired before this barrier.
+    const int next = index + kAhead;
     if (next < num_stage_loads) load_stage(next, next % kStages);
     sparse24::CpAsyncCommit();
 
-    // All fragments first: a wgmma's A and metadata registers stay untouched
-    // until it completes.
+    WgmmaWait<0>();
+    FenceOperands(acc);
     const int stage = index % kStages;
     const unsigned char* stage_ptr = smem + stage * Cfg::kStageBytes;
     const uint4* a_frags = reinterpret_cast<const uint4*>(stage_ptr + Cfg::kBStageBytes);
@@ -258,8 +275,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       WgmmaSparse<T>(acc, a[sub], BDescriptor(b_base + sub * 64), e[sub]);
     }
     WgmmaCommit();
-    WgmmaWaitAll();
   }
+  WgmmaWait<0>();
+  FenceOperands(acc);
   sparse24::CpAsyncWait<0>();
   __syncthreads();
 
