@@ -102,7 +102,7 @@ struct TapCursor {
   int r = 0, s = 0, c = 0;
   __device__ __forceinline__ void Advance(int channels, const Params& p) {
     c += channels;
-    if (c == p.C) {
+    if (c >= p.C) {  // a tap's last stage may run past C (zero filled)
       c = 0;
       if (++s == p.S) {
         s = 0;
@@ -139,25 +139,33 @@ __device__ __forceinline__ void CpAsyncWait() {
 // for the block's `block_tiles` 16-row tiles from `first_tile`: A fragments
 // at `a_dst` and metadata at `meta_dst` (shared addresses), both
 // [sub step][tile][lane]. Tiles past K read the last tile (never stored), so
-// every fragment the tensor cores see is well formed.
+// every fragment the tensor cores see is well formed. Sub steps from
+// `valid_steps` on (a stage that runs past C, whose B is zero filled) get
+// zero A, so that a non-finite filter value cannot meet those zeros, and the
+// metadata of the first step, which is well formed.
 template <int kSubSteps, int kBlockTiles, int kThreads>
 __device__ __forceinline__ void StageFilter(const Params& p, uint32_t a_dst, uint32_t meta_dst,
-                                            int64_t first_step, int first_tile) {
+                                            int64_t first_step, int valid_steps,
+                                            int first_tile) {
   const int tid = threadIdx.x;
 #pragma unroll
   for (int chunk = tid; chunk < kSubSteps * kBlockTiles * 32; chunk += kThreads) {
     const int sub = chunk / (kBlockTiles * 32);
     const int tile = min(first_tile + chunk / 32 % kBlockTiles, p.num_tiles - 1);
+    const bool valid = sub < valid_steps;
     CpAsync16(a_dst + chunk * 16,
-              p.packed + ((first_step + sub) * p.num_tiles + tile) * 32 + chunk % 32, true);
+              p.packed + ((first_step + (valid ? sub : 0)) * p.num_tiles + tile) * 32 +
+                  chunk % 32,
+              valid);
   }
   // 16-byte chunks of 4 lanes' metadata.
   static_assert(kSubSteps * kBlockTiles * 8 <= kThreads, "one metadata chunk per thread");
   if (tid < kSubSteps * kBlockTiles * 8) {
     const int sub = tid / (kBlockTiles * 8);
     const int tile = min(first_tile + tid / 8 % kBlockTiles, p.num_tiles - 1);
-    CpAsync16(meta_dst + tid * 16,
-              p.metadata + ((first_step + sub) * p.num_tiles + tile) * 32 + (tid % 8) * 4, true);
+    const int64_t step = first_step + (sub < valid_steps ? sub : 0);
+    CpAsync16(meta_dst + tid * 16, p.metadata + (step * p.num_tiles + tile) * 32 + (tid % 8) * 4,
+              true);
   }
 }
 

@@ -142,7 +142,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 
     sparse24::StageFilter<Cfg::kSubSteps, Cfg::kBlockTiles, Cfg::kThreads>(
         p, stage_base + Cfg::kBStageBytes, stage_base + Cfg::kBStageBytes + Cfg::kAStageBytes,
-        static_cast<int64_t>(index) * Cfg::kSubSteps, first_tile);
+        static_cast<int64_t>(index) * Cfg::kSubSteps, Cfg::kSubSteps, first_tile);
   };
 
   constexpr int kStages = Cfg::kStages;
@@ -361,7 +361,7 @@ cudaError_t PackSparse24ValuesGpu(const int32_t* value_index,
 namespace {
 bool RunsOnWgmma(const DeviceState& state, const ConvGeometry& geometry) {
   return state.wgmma && geometry.data_format == DataFormat::kNHWC &&
-         geometry.C % kSparse24WgmmaStageChannels == 0 && geometry.OutputSize() > 0;
+         geometry.C % kSparse24StepChannels == 0 && geometry.OutputSize() > 0;
 }
 }  // namespace
 

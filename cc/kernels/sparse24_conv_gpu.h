@@ -36,7 +36,7 @@ cudaError_t PackSparse24ValuesGpu(const int32_t* value_index,
 //   bias           K values, or nullptr
 //   output         geometry.OutputSize() values
 // `geometry` must have passed ComputeConvGeometry. Products are summed in fp32 and rounded
-// once. On compute capability 9.0, C % 64 == 0 runs the wgmma kernel
+// once. On compute capability 9.0 NHWC runs the wgmma kernel
 // (sparse24_conv_wgmma.h) when the build has it, everything else the mma.sp
 // one. Returns cudaErrorNotSupported unless Sparse24Supported() and
 // geometry.data_format is NHWC with C % 32 == 0, else the launch status;

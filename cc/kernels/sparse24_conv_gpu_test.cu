@@ -3,8 +3,9 @@
 // framework: build with
 //   cc/kernels/build_sparse24_gpu.sh OUTDIR
 //   OUTDIR/sparse24_conv_gpu_test [num_random_cases] [seed]
-// On Hopper, C % 64 == 0 runs the wgmma kernel (each case also with the
-// split-K workspace where it asks for one) and other C the mma.sp one.
+// On Hopper every case runs the wgmma kernel (each also with the split-K
+// workspace where it asks for one); a build with ESCORT_TF_SPARSE24_WGMMA=0
+// runs the mma.sp one there, as other GPUs do.
 // Named cases first (1x1, 7x7, width 1, batch 1, K not a multiple of 16 or
 // 8, strides, dilations, all paddings, activations, each block shape), then
 // random ones, each
@@ -276,12 +277,17 @@ int main(int argc, char** argv) {
       // multiprocessors: 128 x 256, then 128 x 128 (padded tiles in both).
       {"large_blocks", 8, 34, 34, 64, 500, 3, 3, Attrs(1, 1, kSame), true, Activation::kRelu},
       {"medium_blocks", 4, 30, 30, 96, 520, 1, 1, Attrs(1, 1, kValid), true, Activation::kNone},
-      // The wgmma kernel's (C % 64 == 0 on Hopper): 64 x 256 blocks for
+      // The wgmma kernel's (on Hopper): 64 x 256 blocks for
       // K <= 64 on a full grid; the others above take 128 x 256
       // (large_blocks), 128 x 128 (many_blocks) and 64 x 128 (3x3_same_relu).
       {"narrow_blocks", 16, 48, 48, 64, 56, 3, 3, Attrs(1, 1, kSame), true, Activation::kRelu},
       // 256 x 128 blocks: K a multiple of 256 and a grid of >= ~140 of them.
       {"tall_blocks", 4, 68, 68, 64, 256, 3, 3, Attrs(1, 1, kSame), true, Activation::kRelu},
+      // C % 64 == 32 (each tap's last wgmma stage half empty) on the full-grid
+      // block shapes; the random cases take C = 32 and 96 on the others.
+      {"c96_wide_blocks", 16, 33, 33, 96, 129, 3, 3, Attrs(1, 1, kSame), true, Activation::kNone},
+      {"c96_narrow_blocks", 16, 48, 48, 96, 56, 3, 3, Attrs(1, 1, kSame), true, Activation::kRelu},
+      {"c96_tall_blocks", 2, 66, 66, 96, 512, 3, 3, Attrs(1, 1, kSame), true, Activation::kRelu6},
   };
   std::uniform_int_distribution<int> small(1, 4), spatial(1, 20), chunks(1, 4),
       outs(1, 80), window(1, 5), stride(1, 3), dilation(1, 2), pad(0, 1);

@@ -79,6 +79,16 @@ using NarrowConfig = Config<1, 2, 5, false>;
 using SmallWideConfig = Config<2, 1, 5, true>;
 using SmallNarrowConfig = Config<1, 1, 5, true>;
 
+// Pipeline stages per filter tap (the last one half empty where C % 64 ==
+// 32), and in all.
+__host__ __device__ inline int StagesPerTap(const Params& p) {
+  return (p.C + kStageChannels - 1) / kStageChannels;
+}
+__host__ __device__ inline int NumStages(const Params& p) {
+  const int taps = p.num_steps / (p.C / static_cast<int>(kSparse24StepChannels));
+  return taps * StagesPerTap(p);
+}
+
 #ifdef ESCORT_WGMMA_BODY
 // The shared-memory matrix descriptor of a K-major B operand with the
 // 128-byte swizzle: 8-row groups 1024 bytes apart (stride byte offset); the
@@ -194,10 +204,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 
   // This block's stages (all of them unless split-K), and the first one's
   // tap and channels: stages are loaded in order from there.
-  const int total_stages = p.num_steps / Cfg::kSubSteps;
+  const int total_stages = NumStages(p);
   const int first_stage = static_cast<int>(blockIdx.y) * p.stages_per_split;
   const int num_stage_loads = min(p.stages_per_split, total_stages - first_stage);
-  const int stages_per_tap = p.C / kStageChannels;
+  const int stages_per_tap = StagesPerTap(p);
   sparse24::TapCursor tap;
   tap.r = first_stage / stages_per_tap / p.S;
   tap.s = first_stage / stages_per_tap % p.S;
@@ -211,17 +221,25 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       const int4 source = row_source[row];
       const int ih = source.y + tap.r * p.dilation_h;
       const int iw = source.z + tap.s * p.dilation_w;
-      const bool valid = source.w && ih >= 0 && ih < p.H && iw >= 0 && iw < p.W;
+      // Channels past C (the second half of a tap's last stage where C % 64
+      // == 32) are zero filled like the padding.
+      const bool valid = source.w && ih >= 0 && ih < p.H && iw >= 0 && iw < p.W &&
+                         tap.c + chunk * 8 < p.C;
       const uint16_t* src =
           valid ? p.input + static_cast<int64_t>(source.x + ih * p.W + iw) * p.C + tap.c + chunk * 8
                 : p.input;
       // 128-byte swizzle: 16-byte chunk c of row r sits at chunk c ^ (r % 8).
       sparse24::CpAsync16(stage_base + row * kRowBytes + ((chunk ^ (row & 7)) << 4), src, valid);
     }
+    // This stage's k32 steps in the packed filter: [tap][C / 32].
+    const int64_t first_step =
+        (static_cast<int64_t>(tap.r * p.S + tap.s) * p.C + tap.c) / kSparse24StepChannels;
+    const int valid_steps =
+        min(Cfg::kSubSteps, (p.C - tap.c) / static_cast<int>(kSparse24StepChannels));
     tap.Advance(kStageChannels, p);
     sparse24::StageFilter<Cfg::kSubSteps, Cfg::kBlockTiles, Cfg::kThreads>(
         p, stage_base + Cfg::kBStageBytes, stage_base + Cfg::kBStageBytes + Cfg::kAStageBytes,
-        static_cast<int64_t>(first_stage + index) * Cfg::kSubSteps, first_tile);
+        first_step, valid_steps, first_tile);
   };
 
   // A stage's wgmma stays in flight while the next stage is waited for, its
@@ -353,7 +371,7 @@ constexpr int kMaxSplits = 16;
 
 template <typename Cfg>
 Plan MakePlan(Shape shape, const Params& p, int num_sms) {
-  const int stages = p.num_steps / Cfg::kSubSteps;
+  const int stages = NumStages(p);
   Plan plan{shape, sparse24::NumBlocks<Cfg>(p), 1, stages};
   if (Cfg::kSplitK && plan.blocks < num_sms) {
     // The split grid stays within one block per multiprocessor: rounding up
@@ -397,7 +415,7 @@ template <typename T, typename Cfg>
 cudaError_t LaunchConfig(Params p, const Plan& plan, float* partials, cudaStream_t stream) {
   const int splits = partials != nullptr ? plan.splits : 1;
   p.partials = partials;
-  p.stages_per_split = partials != nullptr ? plan.stages_per_split : p.num_steps / Cfg::kSubSteps;
+  p.stages_per_split = partials != nullptr ? plan.stages_per_split : NumStages(p);
   const dim3 grid(static_cast<unsigned>(plan.blocks), static_cast<unsigned>(splits));
   Sparse24WgmmaKernel<T, Cfg><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
   const cudaError_t err = cudaGetLastError();

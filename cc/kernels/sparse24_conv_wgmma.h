@@ -15,7 +15,8 @@
 
 namespace escort {
 
-// Channels per pipeline stage of the wgmma kernel: it takes C % 64 == 0.
+// Channels per pipeline stage of the wgmma kernel; where C % 64 == 32 each
+// tap's last stage holds 32 (the other half zero filled).
 inline constexpr int64_t kSparse24WgmmaStageChannels = 64;
 
 // Sets `*available` to whether this build has the wgmma kernel for the
@@ -28,8 +29,8 @@ cudaError_t PrepareSparse24Wgmma(bool* available);
 size_t Sparse24WgmmaWorkspaceBytes(const ConvGeometry& geometry, int num_sms);
 
 // As Sparse24Conv2DGpu, on a device PrepareSparse24Wgmma found available,
-// for NHWC geometries with C % kSparse24WgmmaStageChannels == 0 and a
-// nonempty output.
+// for NHWC geometries with C % kSparse24StepChannels == 0 and a nonempty
+// output.
 cudaError_t Sparse24Conv2DWgmma(HalfType type, const ConvGeometry& geometry,
                                 const void* input, const void* packed_values,
                                 const uint32_t* metadata, const void* bias,
