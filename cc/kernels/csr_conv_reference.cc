@@ -4,6 +4,8 @@
 // fast kernels it checks.
 #include <algorithm>
 #include <cstdint>
+#include <thread>
+#include <vector>
 
 #include "cc/kernels/csr_conv.h"
 
@@ -30,8 +32,10 @@ void CsrConv2DReference(const ConvGeometry& g, const float* input,
                         const int32_t* column_indices, const float* values,
                         const float* bias, Activation activation,
                         float* output) {
-  for (int64_t n = 0; n < g.N; ++n) {
-    for (int64_t p = 0; p < g.P; ++p) {
+  // Output rows (image n, row p) from `first` to `last`.
+  auto compute_rows = [&](int64_t first, int64_t last) {
+    for (int64_t row = first; row < last; ++row) {
+      const int64_t n = row / g.P, p = row % g.P;
       for (int64_t q = 0; q < g.Q; ++q) {
         for (int64_t k = 0; k < g.K; ++k) {
           double sum = 0.0;
@@ -53,7 +57,27 @@ void CsrConv2DReference(const ConvGeometry& g, const float* input,
         }
       }
     }
+  };
+  // Every output is computed alone, so rows can be shared out among threads
+  // without changing a result. The GPU tests' large cases took minutes of
+  // device-machine time on one thread; small calls (the fuzzer's, most unit
+  // cases) stay on this one.
+  const int64_t num_rows = g.N * g.P;
+  const int64_t work = num_rows * g.Q * std::max<int64_t>(1, row_offsets[g.K]);
+  constexpr int64_t kWorkPerThread = int64_t{1} << 24;
+  const int64_t num_threads = std::min<int64_t>(
+      {num_rows, work / kWorkPerThread,
+       std::max<int64_t>(1, std::thread::hardware_concurrency())});
+  if (num_threads <= 1) {
+    compute_rows(0, num_rows);
+    return;
   }
+  std::vector<std::thread> threads;
+  for (int64_t t = 0; t < num_threads; ++t) {
+    threads.emplace_back(compute_rows, num_rows * t / num_threads,
+                         num_rows * (t + 1) / num_threads);
+  }
+  for (std::thread& thread : threads) thread.join();
 }
 
 }  // namespace escort
