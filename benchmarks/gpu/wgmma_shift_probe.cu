@@ -2,10 +2,14 @@
 // row of a staged tile, not only on a 1024-byte swizzle atom? The halo-reuse
 // plan in NOTES.md ("Bytes per FLOP") needs it: each filter tap reads the
 // same staged input halo from a start shifted by (r x halo width + s) rows.
-// The descriptor has a 3-bit base-offset field (bits 49-51) for starts off
-// the atom; what it must hold is what this probe finds out.
+// The descriptor has a 3-bit base-offset field (bits 49-51): the PTX ISA
+// gives it as (pattern start >> 7) & 7 where the swizzle pattern does not
+// start on a 1024-byte boundary, and CUTLASS always sets 0. Whether a start
+// off the atom, in a tile whose pattern starts on one, needs 0 or the start's
+// own row phase is what this probe finds out.
 //
-// One warpgroup runs wgmma.m64n8k16 (f16 in, f32 out) with A from a
+// One warpgroup runs wgmma.m64n16k16 (f16 in, f32 out; two 8-row groups of B,
+// so the stride byte offset is used too) with A from a
 // 1024-byte-aligned tile and B starting `shift` rows (0-23) and `k_step` 32-byte
 // K steps (0-3) into a tile whose every row is swizzled by its own address
 // (16-byte chunk c of the row at byte address x sits at chunk c ^ (x / 128 % 8)),
@@ -30,7 +34,8 @@
   } while (0)
 
 constexpr int kRowHalves = 64;  // 128 bytes: one swizzled row
-constexpr int kARows = 64, kBRows = 32, kMaxShift = 24, kKSteps = 4;
+constexpr int kN = 16;
+constexpr int kARows = 64, kMaxShift = 24, kBRows = kMaxShift + kN, kKSteps = 4;
 constexpr int kRules = 3;  // base offset: 0; (start >> 7) & 7; 8 - that, mod 8
 constexpr const char* kRuleNames[kRules] = {"zero", "start_row_mod_8", "minus_start_row_mod_8"};
 
@@ -53,7 +58,7 @@ __device__ void StageSwizzled(unsigned char* smem, uint32_t smem_base, uint32_t 
   }
 }
 
-// out[rule][shift][k_step][64 x 8], D = A[:, 16 k_step ..] x B[shift ..][16 k_step ..]^T.
+// out[rule][shift][k_step][64 x kN], D = A[:, 16 k_step ..] x B[shift ..][16 k_step ..]^T.
 __global__ void ProbeKernel(const __half* a, const __half* b, float* out) {
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
@@ -73,49 +78,64 @@ __global__ void ProbeKernel(const __half* a, const __half* b, float* out) {
         const uint32_t b_offset = rule == 0 ? 0 : rule == 1 ? row_phase : (8 - row_phase) & 7;
         const uint64_t a_desc = Descriptor(a_start, 0);
         const uint64_t b_desc = Descriptor(b_start, b_offset);
-        float d0 = 0.f, d1 = 0.f, d2 = 0.f, d3 = 0.f;
+        // scale-d false (D = A B): the accumulators are outputs only, so no
+        // register of this wgmma is written between the fence and the mma.
+        float d[8];
         asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
         asm volatile(
             "{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 "
-            "{%0, %1, %2, %3}, %4, %5, p, 1, 1, 0, 0;\n}\n"
-            : "+f"(d0), "+f"(d1), "+f"(d2), "+f"(d3)
+            "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 "
+            "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
+            : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]),
+              "=f"(d[6]), "=f"(d[7])
             : "l"(a_desc), "l"(b_desc));
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-        // d{2h + c}: row 16 warp + lane / 4 + 8 h, column 2 (lane % 4) + c.
-        float* tile = out + ((rule * kMaxShift + shift) * kKSteps + k_step) * 64 * 8;
+        asm volatile("" : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]),
+                     "+f"(d[5]), "+f"(d[6]), "+f"(d[7])::"memory");
+        // d[4 j + 2 h + c]: row 16 warp + lane / 4 + 8 h, column 8 j + 2 (lane % 4) + c.
+        float* tile = out + ((rule * kMaxShift + shift) * kKSteps + k_step) * 64 * kN;
         const int row = 16 * warp + lane / 4, col = 2 * (lane % 4);
-        tile[row * 8 + col] = d0;
-        tile[row * 8 + col + 1] = d1;
-        tile[(row + 8) * 8 + col] = d2;
-        tile[(row + 8) * 8 + col + 1] = d3;
+        for (int j = 0; j < 2; ++j) {
+          for (int h = 0; h < 2; ++h) {
+            for (int c = 0; c < 2; ++c) {
+              tile[(row + 8 * h) * kN + 8 * j + col + c] = d[4 * j + 2 * h + c];
+            }
+          }
+        }
       }
     }
   }
 }
 
 int main() {
-  // Small integers: every product and sum is exact in f16 inputs / f32 sums.
+  // Hashed small integers: exact in f16 and in f32 sums, and no two rows
+  // alike, so a row read from the wrong place shows.
+  auto value = [](uint32_t i, uint32_t seed) {
+    i = i * 2654435761u ^ seed;
+    i ^= i >> 15;
+    return static_cast<float>(static_cast<int>(i % 5) - 2);
+  };
   std::vector<__half> a(kARows * kRowHalves), b(kBRows * kRowHalves);
   std::vector<float> af(a.size()), bf(b.size());
   for (size_t i = 0; i < a.size(); ++i) {
-    af[i] = static_cast<float>(static_cast<int>((i * 7 + i / 64 * 3) % 5) - 2);
+    af[i] = value(static_cast<uint32_t>(i), 0x9e37u);
     a[i] = __float2half(af[i]);
   }
   for (size_t i = 0; i < b.size(); ++i) {
-    bf[i] = static_cast<float>(static_cast<int>((i * 11 + i / 64 * 5) % 5) - 2);
+    bf[i] = value(static_cast<uint32_t>(i), 0x7f4au);
     b[i] = __float2half(bf[i]);
   }
   __half *d_a = nullptr, *d_b = nullptr;
   float* d_out = nullptr;
-  const size_t out_size = static_cast<size_t>(kRules) * kMaxShift * kKSteps * 64 * 8;
+  const size_t out_size = static_cast<size_t>(kRules) * kMaxShift * kKSteps * 64 * kN;
   CHECK_CUDA(cudaMalloc(&d_a, a.size() * sizeof(__half)));
   CHECK_CUDA(cudaMalloc(&d_b, b.size() * sizeof(__half)));
   CHECK_CUDA(cudaMalloc(&d_out, out_size * sizeof(float)));
   CHECK_CUDA(cudaMemcpy(d_a, a.data(), a.size() * sizeof(__half), cudaMemcpyHostToDevice));
   CHECK_CUDA(cudaMemcpy(d_b, b.data(), b.size() * sizeof(__half), cudaMemcpyHostToDevice));
-  const int smem_bytes = (kARows + kBRows) * 128 + 1024;
+  // 1 KB of slack past B, so that a wrong rule reading past it does not fault.
+  const int smem_bytes = (kARows + kBRows) * 128 + 1024 + 1024;
   ProbeKernel<<<1, 128, smem_bytes>>>(d_a, d_b, d_out);
   CHECK_CUDA(cudaGetLastError());
   CHECK_CUDA(cudaDeviceSynchronize());
@@ -127,16 +147,16 @@ int main() {
     bool first = true;
     for (int shift = 0; shift < kMaxShift; ++shift) {
       for (int k_step = 0; k_step < kKSteps; ++k_step) {
-        const float* tile = out.data() + ((rule * kMaxShift + shift) * kKSteps + k_step) * 64 * 8;
+        const float* tile = out.data() + ((rule * kMaxShift + shift) * kKSteps + k_step) * 64 * kN;
         bool ok = true;
         for (int m = 0; m < 64 && ok; ++m) {
-          for (int n = 0; n < 8 && ok; ++n) {
+          for (int n = 0; n < kN && ok; ++n) {
             float expect = 0.f;
             for (int k = 0; k < 16; ++k) {
               expect += af[m * kRowHalves + k_step * 16 + k] *
                         bf[(shift + n) * kRowHalves + k_step * 16 + k];
             }
-            ok = tile[m * 8 + n] == expect;
+            ok = tile[m * kN + n] == expect;
           }
         }
         if (ok) {
