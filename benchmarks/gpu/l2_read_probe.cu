@@ -2,21 +2,14 @@
 // traffic is compared with in NOTES.md: every SM reads, with 16-byte loads,
 // a buffer small enough to stay in L2, many times over; bytes read over the
 // time of the whole grid (CUDA events) gives TB/s.
-//   nvcc -O3 -gencode=arch=compute_90,code=sm_90 l2_read_probe.cu -o l2_read_probe
+//   nvcc -O3 -I../.. -gencode=arch=compute_90,code=sm_90 l2_read_probe.cu -o l2_read_probe
 //   ./l2_read_probe [buffer MiB = 16] [passes = 200]
 #include <cuda_runtime.h>
 
 #include <cstdio>
 #include <cstdlib>
 
-#define CHECK_CUDA(call)                                                    \
-  do {                                                                      \
-    const cudaError_t err_ = (call);                                        \
-    if (err_ != cudaSuccess) {                                              \
-      std::fprintf(stderr, "%s: %s\n", #call, cudaGetErrorString(err_));   \
-      return 1;                                                             \
-    }                                                                       \
-  } while (0)
+#include "cc/kernels/cuda_check_test.h"
 
 // Each block walks the whole buffer from its own starting point, so that
 // every SM reads every line (as the conv's blocks all read the shared

@@ -14,7 +14,7 @@
 // K steps (0-3) into a tile whose every row is swizzled by its own address
 // (16-byte chunk c of the row at byte address x sits at chunk c ^ (x / 128 % 8)),
 // for each base-offset rule below, against the exact integer product.
-//   nvcc -O3 -gencode=arch=compute_90a,code=sm_90a wgmma_shift_probe.cu -o wgmma_shift_probe
+//   nvcc -O3 -I../.. -gencode=arch=compute_90a,code=sm_90a wgmma_shift_probe.cu -o wgmma_shift_probe
 //   ./wgmma_shift_probe
 // Prints one JSON line per rule: how many (shift, k_step) pairs matched.
 #include <cuda_fp16.h>
@@ -24,14 +24,7 @@
 #include <cstdio>
 #include <vector>
 
-#define CHECK_CUDA(call)                                                  \
-  do {                                                                    \
-    const cudaError_t err_ = (call);                                      \
-    if (err_ != cudaSuccess) {                                            \
-      std::fprintf(stderr, "%s: %s\n", #call, cudaGetErrorString(err_)); \
-      return 1;                                                           \
-    }                                                                     \
-  } while (0)
+#include "cc/kernels/cuda_check_test.h"
 
 constexpr int kRowHalves = 64;  // 128 bytes: one swizzled row
 constexpr int kN = 16;
