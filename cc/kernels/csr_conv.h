@@ -120,6 +120,12 @@ void CsrConv2DCpu(const ConvGeometry& geometry, const float* input,
                   Activation activation, float* output,
                   const ParallelFor& parallel_for);
 
+// Splits [0, num_units) into `threads` near-equal ranges, runs `work` on
+// each on its own std::thread and waits for all: for the reference below and
+// the tests (the op itself takes TF's pool through ParallelFor).
+void RunOnThreads(int64_t num_units, int64_t threads,
+                  const std::function<void(int64_t begin, int64_t end)>& work);
+
 // Straightforward reference of the same function, accumulating in double.
 // For tests and fuzzing; never used by the op.
 void CsrConv2DReference(const ConvGeometry& geometry, const float* input,

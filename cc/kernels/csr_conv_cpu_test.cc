@@ -16,7 +16,6 @@
 #include <cstring>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "cc/kernels/csr_conv.h"
@@ -52,13 +51,7 @@ struct Csr {
 ParallelFor ThreadParallelFor(int threads) {
   return [threads](int64_t num_units, int64_t,
                    const std::function<void(int64_t, int64_t)>& work) {
-    std::vector<std::thread> pool;
-    for (int t = 0; t < threads; ++t) {
-      const int64_t begin = num_units * t / threads;
-      const int64_t end = num_units * (t + 1) / threads;
-      if (begin < end) pool.emplace_back(work, begin, end);
-    }
-    for (auto& thread : pool) thread.join();
+    RunOnThreads(num_units, threads, work);
   };
 }
 

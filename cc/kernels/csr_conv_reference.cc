@@ -72,12 +72,18 @@ void CsrConv2DReference(const ConvGeometry& g, const float* input,
     compute_rows(0, num_rows);
     return;
   }
-  std::vector<std::thread> threads;
-  for (int64_t t = 0; t < num_threads; ++t) {
-    threads.emplace_back(compute_rows, num_rows * t / num_threads,
-                         num_rows * (t + 1) / num_threads);
+  RunOnThreads(num_rows, num_threads, compute_rows);
+}
+
+void RunOnThreads(int64_t num_units, int64_t threads,
+                  const std::function<void(int64_t begin, int64_t end)>& work) {
+  std::vector<std::thread> pool;
+  for (int64_t t = 0; t < threads; ++t) {
+    const int64_t begin = num_units * t / threads;
+    const int64_t end = num_units * (t + 1) / threads;
+    if (begin < end) pool.emplace_back(work, begin, end);
   }
-  for (std::thread& thread : threads) thread.join();
+  for (std::thread& thread : pool) thread.join();
 }
 
 }  // namespace escort
