@@ -17,6 +17,11 @@ mixed_bfloat16 policies: the dense model and `escort_tf.convert(model)`
 as median `tf.function` calls with the output read back. Each variant's
 error is against the float32 model with TF32 off.
 
+With a GPU, each layer and model variant also gets its GPU kernel time
+inside TF (`common.gpu_kernel_us`, from the TF profiler): wall time is bound
+by the host's dispatch wherever that is slower than the kernels, and hosts
+differ by 2x.
+
   python benchmarks/gpu_tf/bench_sparse24.py --json OUT.json [--md OUT.md]
 """
 
@@ -87,14 +92,21 @@ def bench_layer(layer, batch, calls, reps, rng):
     fns["cudnn_tf32"] = common.serial_calls(
         lambda x, i: tf.nn.conv2d(x, kernels32[i], layer.stride, tf_padding), xs, calls)
     times = time_side_by_side(fns, reps=reps, warmup=2)
+    gpu_us = ({kind: common.gpu_kernel_us(fn) / calls for kind, fn in fns.items()}
+              if tf.config.list_physical_devices("GPU") else {})
     with common.tf32(False):
         reference = tf.nn.conv2d(tf.cast(xs[0], tf.float64), tf.cast(kernels32[0], tf.float64),
                                  layer.stride, tf_padding)
     row = {"layer": layer.name, "batch": batch, "calls_per_function": calls}
     for kind, t in times.items():
         row[f"{kind}_us"] = 1e3 * t["median_ms"] / calls
+    for kind, us in gpu_us.items():
+        row[f"{kind}_gpu_us"] = us
     for name in HALF_TYPES:
         row[f"speedup_{name}_vs_cudnn_{name}"] = row[f"cudnn_{name}_us"] / row[f"escort_24_{name}_us"]
+        if gpu_us:
+            row[f"gpu_time_speedup_{name}_vs_cudnn_{name}"] = (
+                gpu_us[f"cudnn_{name}"] / gpu_us[f"escort_24_{name}"])
         ours, cudnn = check[name]
         row[f"relative_error_escort_{name}"] = common.relative_error(ours, reference)
         row[f"relative_error_cudnn_{name}"] = common.relative_error(cudnn, reference)
@@ -168,6 +180,8 @@ def bench_models(image_size, batches, reps, progress):
         outputs = {kind: fn() for kind, fn in timed.items()}
         times = {kind: t["median_ms"]
                  for kind, t in time_side_by_side(timed, reps=reps, warmup=2).items()}
+        gpu_ms = {kind: common.gpu_kernel_us(lambda fn=fn: fn(x)) / 1e3
+                  for kind, fn in fns.items()} if tf.config.list_physical_devices("GPU") else {}
         with common.tf32(False):
             reference = timed["dense_tf32"]()
         row = {"batch": batch, "reps": reps, "autotune_f16": autotune}
@@ -175,9 +189,14 @@ def bench_models(image_size, batches, reps, progress):
             row[f"{kind}_ms"] = t
             row[f"{kind}_relative_error_vs_fp32"] = common.relative_error(outputs[kind],
                                                                          reference)
+        for kind, t in gpu_ms.items():
+            row[f"{kind}_gpu_ms"] = t
         for name in POLICIES:
             row[f"speedup_converted_{name}_vs_dense_{name}"] = (
                 times[f"dense_{name}"] / times[f"converted_{name}"])
+            if gpu_ms:
+                row[f"gpu_time_speedup_converted_{name}_vs_dense_{name}"] = (
+                    gpu_ms[f"dense_{name}"] / gpu_ms[f"converted_{name}"])
         row["speedup_autotuned_f16_vs_dense_f16"] = times["dense_f16"] / times["autotuned_f16"]
         rows.append(row)
         progress(f"resnet50 b{batch}: " + ", ".join(f"{k} {t:.2f} ms" for k, t in times.items()))
@@ -199,6 +218,21 @@ def markdown(report):
             f"{r['cudnn_tf32_us']:.1f} | {r['speedup_f16_vs_cudnn_f16']:.2f}x | "
             f"{r['speedup_bf16_vs_cudnn_bf16']:.2f}x |")
     lines.append("")
+    if "escort_24_f16_gpu_us" in report["layers"][0]:
+        lines += ["GPU kernel time per convolution inside the same `tf.function`s, in "
+                  "microseconds (TF profiler, sum of the kernels' durations, copies excluded): "
+                  "what the layer costs the GPU, whichever of host and GPU bounds the wall "
+                  "time above.", "",
+                  "| layer | batch | ours f16 | cuDNN f16 | ours bf16 | cuDNN bf16 | cuDNN TF32 | "
+                  "f16 vs cuDNN f16 | bf16 vs cuDNN bf16 |", "|---" * 9 + "|"]
+        for r in report["layers"]:
+            lines.append(
+                f"| {r['layer']} | {r['batch']} | {r['escort_24_f16_gpu_us']:.1f} | "
+                f"{r['cudnn_f16_gpu_us']:.1f} | {r['escort_24_bf16_gpu_us']:.1f} | "
+                f"{r['cudnn_bf16_gpu_us']:.1f} | {r['cudnn_tf32_gpu_us']:.1f} | "
+                f"{r['gpu_time_speedup_f16_vs_cudnn_f16']:.2f}x | "
+                f"{r['gpu_time_speedup_bf16_vs_cudnn_bf16']:.2f}x |")
+        lines.append("")
     for batch, s in report["layer_geomean"].items():
         lines.append(f"Geomean at batch {batch}: " + ", ".join(
             f"{k.replace('_', ' ')} {v:.2f}x" for k, v in s.items()))
@@ -222,6 +256,12 @@ def markdown(report):
             lines.append(f"| {r['batch']} | " + " | ".join(f"{r[f'{k}_ms']:.2f}" for k in kinds)
                          + " | " + " | ".join(f"{r[f'speedup_{k}']:.2f}x" for k in speedups)
                          + " |")
+        if "dense_f16_gpu_ms" in models["calls"][0]:
+            lines += ["", "GPU kernel time per model call in ms (TF profiler): " + "; ".join(
+                f"batch {r['batch']}: " + ", ".join(f"{k} {r[f'{k}_gpu_ms']:.2f}" for k in kinds)
+                + ", converted f16 / dense f16 "
+                f"{r['gpu_time_speedup_converted_f16_vs_dense_f16']:.2f}x"
+                for r in models["calls"])]
         if "autotune_f16" in models["calls"][0]:
             lines += ["", "Autotune under mixed_float16: " + "; ".join(
                 f"batch {r['batch']}: {r['autotune_f16']['autotune_s']:.1f} s, "
@@ -257,10 +297,13 @@ def main(argv=None):
             report["layers"].append(row)
             progress(f"{layer.name} b{batch}: f16 {row['speedup_f16_vs_cudnn_f16']:.2f}x, "
                      f"bf16 {row['speedup_bf16_vs_cudnn_bf16']:.2f}x cuDNN")
+    keys = [key for key in ("speedup_f16_vs_cudnn_f16", "speedup_bf16_vs_cudnn_bf16",
+                            "speedup_f16_vs_cudnn_tf32", "gpu_time_speedup_f16_vs_cudnn_f16",
+                            "gpu_time_speedup_bf16_vs_cudnn_bf16")
+            if key in report["layers"][0]]
     report["layer_geomean"] = {
         str(b): {key: geomean([r[key] for r in report["layers"] if r["batch"] == b])
-                 for key in ("speedup_f16_vs_cudnn_f16", "speedup_bf16_vs_cudnn_bf16",
-                             "speedup_f16_vs_cudnn_tf32")}
+                 for key in keys}
         for b in batches}
     if not args.skip_models:
         report["models"] = bench_models(args.image_size, batches, args.reps, progress)

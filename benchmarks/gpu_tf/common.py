@@ -1,14 +1,20 @@
 """What the in-TensorFlow GPU benchmarks share: machine description, TF32 switch, errors."""
 
 import contextlib
+import glob
 import json
 import os
+import pathlib
+import re
 import subprocess
+import tempfile
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 import escort_tf
+from escort_tf.timing import wait_for
 
 
 def machine_info():
@@ -63,6 +69,50 @@ def serial_calls(conv, xs, calls):
     def run():
         return [conv(xs[i % len(xs)], i) for i in range(calls)]
     return run
+
+
+def gpu_kernel_us(fn, runs=3):
+    """Microseconds of GPU kernel time per call of `fn`, from the TF profiler.
+
+    A call's wall time in TF is the larger of the host's time to dispatch its
+    ops and the GPU's time to run them. For layers that take tens of
+    microseconds on the GPU the host's time wins, and it varies with the host
+    CPU (the same H100 gave cuDNN 30 us per call behind one host and 70 us
+    behind another), so wall time alone cannot say which kernel is faster.
+    This sums the durations the profiler (CUPTI) records for the kernels of
+    `runs` calls, on every stream of every GPU, copies excluded.
+
+    Raises:
+        RuntimeError: if the profile holds no GPU kernel (no GPU, or a
+            profiler that recorded none): a zero would read as infinitely fast.
+    """
+    wait_for(fn())  # traced and autotuned outside the profile
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        try:
+            for _ in range(runs):
+                wait_for(fn())
+        finally:
+            tf.profiler.experimental.stop()
+        (path,) = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)
+        space = xplane_pb2.XSpace.FromString(pathlib.Path(path).read_bytes())
+    kernels = set()
+    for plane in space.planes:
+        if not plane.name.startswith("/device:GPU:"):
+            continue
+        names = {key: meta.name for key, meta in plane.event_metadata.items()}
+        for line in plane.lines:
+            # Raw CUPTI lines are "Stream #N(...)"; skip any derived per-op line.
+            if not re.match(r"Stream #\d+", line.name):
+                continue
+            for event in line.events:
+                if not names.get(event.metadata_id, "").startswith("Memcpy"):
+                    # One event per (start, kernel): a kernel listed twice counts once.
+                    kernels.add((line.timestamp_ns * 1000 + event.offset_ps,
+                                 event.metadata_id, event.duration_ps))
+    if not kernels:
+        raise RuntimeError("the TF profile holds no GPU kernel")
+    return sum(duration for _, _, duration in kernels) / 1e6 / runs
 
 
 def relative_error(actual, reference):
