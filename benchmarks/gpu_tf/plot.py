@@ -57,6 +57,8 @@ def plot_models(report, path):
 def plot_layers(report, path):
     batches = sorted({row["batch"] for row in report["layers"]})
     fig, axes = plt.subplots(len(batches), 1, figsize=(12, 3.6 * len(batches)), squeeze=False)
+    if report["layers"] and "gpu_time_speedup_f16_vs_cudnn_f16" in report["layers"][0]:
+        series["f16 vs cuDNN f16, GPU time"] = "gpu_time_speedup_f16_vs_cudnn_f16"
     for ax, batch in zip(axes[:, 0], batches):
         rows = [row for row in report["layers"] if row["batch"] == batch]
         names = [row["layer"] for row in rows]
@@ -80,6 +82,8 @@ def plot_sparse24(report, path):
     series = {"f16 vs cuDNN f16": "speedup_f16_vs_cudnn_f16",
               "bf16 vs cuDNN bf16": "speedup_bf16_vs_cudnn_bf16",
               "f16 vs cuDNN TF32": "speedup_f16_vs_cudnn_tf32"}
+    if report["layers"] and "gpu_time_speedup_f16_vs_cudnn_f16" in report["layers"][0]:
+        series["f16 vs cuDNN f16, GPU time"] = "gpu_time_speedup_f16_vs_cudnn_f16"
     for ax, batch in zip(axes[:, 0], batches):
         rows = [row for row in report["layers"] if row["batch"] == batch]
         names = [row["layer"] for row in rows]
