@@ -303,3 +303,35 @@ def test_samples_are_timed_with_the_garbage_collector_off():
     with pytest.raises(RuntimeError, match="boom"):
         timing._sample_s(fails, inner=1)
     assert gc.isenabled()  # restored after an error too
+
+
+def test_gpu_kernel_time_counts_each_kernel_once_and_no_copies():
+    """benchmarks/gpu_tf/common.kernel_ps on a profile built by hand: the GPU
+    planes' stream lines only, a kernel listed on two lines once, copies and
+    derived lines left out."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    gpu_tf_common = _load("escort_gpu_tf_common", "benchmarks/gpu_tf/common.py")
+    space = xplane_pb2.XSpace()
+    host = space.planes.add(name="/host:CPU")
+    host.event_metadata[1].name = "conv_kernel"
+    host.lines.add(name="Stream #7(Compute)").events.add(metadata_id=1, offset_ps=0,
+                                                        duration_ps=10 ** 9)
+    for device in (0, 1):
+        gpu = space.planes.add(name=f"/device:GPU:{device}")
+        gpu.event_metadata[1].name = "Sparse24WgmmaKernel"
+        gpu.event_metadata[2].name = "MemcpyDtoH"
+        gpu.event_metadata[3].name = "escort/CsrConv2D"
+        stream = gpu.lines.add(name="Stream #13(Compute)", timestamp_ns=1000)
+        stream.events.add(metadata_id=1, offset_ps=0, duration_ps=5_000_000)
+        stream.events.add(metadata_id=1, offset_ps=6_000_000, duration_ps=3_000_000)
+        stream.events.add(metadata_id=2, offset_ps=9_000_000, duration_ps=40_000_000)
+        # The second kernel again, on a line whose clock starts 1 ns later.
+        again = gpu.lines.add(name="Stream #14(Compute)", timestamp_ns=1001)
+        again.events.add(metadata_id=1, offset_ps=5_999_000, duration_ps=3_000_000)
+        derived = gpu.lines.add(name="TensorFlow Ops", timestamp_ns=1000)
+        derived.events.add(metadata_id=3, offset_ps=0, duration_ps=9_000_000)
+    assert gpu_tf_common.kernel_ps(space) == 2 * (5_000_000 + 3_000_000)
+
+    with pytest.raises(RuntimeError, match="no GPU kernel"):
+        gpu_tf_common.kernel_ps(xplane_pb2.XSpace(planes=[host]))

@@ -96,6 +96,15 @@ def gpu_kernel_us(fn, runs=3):
             tf.profiler.experimental.stop()
         (path,) = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)
         space = xplane_pb2.XSpace.FromString(pathlib.Path(path).read_bytes())
+    return kernel_ps(space) / 1e6 / runs
+
+
+def kernel_ps(space):
+    """Picoseconds of GPU kernels in a profile (`XSpace`), copies excluded.
+
+    Raises:
+        RuntimeError: if it holds no GPU kernel.
+    """
     kernels = set()
     for plane in space.planes:
         if not plane.name.startswith("/device:GPU:"):
@@ -107,12 +116,12 @@ def gpu_kernel_us(fn, runs=3):
                 continue
             for event in line.events:
                 if not names.get(event.metadata_id, "").startswith("Memcpy"):
-                    # One event per (start, kernel): a kernel listed twice counts once.
-                    kernels.add((line.timestamp_ns * 1000 + event.offset_ps,
+                    # One event per (GPU, start, kernel): listed twice, it counts once.
+                    kernels.add((plane.name, line.timestamp_ns * 1000 + event.offset_ps,
                                  event.metadata_id, event.duration_ps))
     if not kernels:
         raise RuntimeError("the TF profile holds no GPU kernel")
-    return sum(duration for _, _, duration in kernels) / 1e6 / runs
+    return sum(duration for *_, duration in kernels)
 
 
 def relative_error(actual, reference):
