@@ -215,38 +215,36 @@ def bench_models(image_size, batches, reps, progress):
     return {"image_size": image_size, "conversion": reports, "calls": rows}
 
 
+_LAYER_HEADER = ["| layer | batch | ours f16 | cuDNN f16 | ours bf16 | cuDNN bf16 | cuDNN TF32 | "
+                 "f16 vs cuDNN f16 | bf16 vs cuDNN bf16 |", "|---" * 9 + "|"]
+
+
+def _layer_rows(layers, time_key, speedup_prefix):
+    """One table row per layer: the variants' times ("<kind><time_key>") and
+    the two same-precision speedups ("<speedup_prefix><dtype>_vs_cudnn_<dtype>")."""
+    kinds = ["escort_24_f16", "cudnn_f16", "escort_24_bf16", "cudnn_bf16", "cudnn_tf32"]
+    return [f"| {r['layer']} | {r['batch']} | "
+            + " | ".join(f"{r[kind + time_key]:.1f}" for kind in kinds) + " | "
+            + " | ".join(f"{r[f'{speedup_prefix}{d}_vs_cudnn_{d}']:.2f}x" for d in HALF_TYPES)
+            + " |" for r in layers]
+
+
 def markdown(report):
     lines = ["# 2:4 sparse tensor cores in TensorFlow on the GPU", "",
              common.machine_line(report["machine"]), "", f"Command: `{report['command']}`", ""]
-    if report["layers"]:
+    layers = report["layers"]
+    if layers:
         lines += ["## Layers", "",
                   f"Microseconds per convolution, {report['calls']} back to back per "
                   "`tf.function`; a random 2:4 filter (50% dense) for ours, the same filter "
-                  "dense for cuDNN.", "",
-                  "| layer | batch | ours f16 | cuDNN f16 | ours bf16 | cuDNN bf16 | cuDNN TF32 | "
-                  "f16 vs cuDNN f16 | bf16 vs cuDNN bf16 |", "|---" * 9 + "|"]
-    for r in report["layers"]:
-        lines.append(
-            f"| {r['layer']} | {r['batch']} | {r['escort_24_f16_us']:.1f} | "
-            f"{r['cudnn_f16_us']:.1f} | {r['escort_24_bf16_us']:.1f} | {r['cudnn_bf16_us']:.1f} | "
-            f"{r['cudnn_tf32_us']:.1f} | {r['speedup_f16_vs_cudnn_f16']:.2f}x | "
-            f"{r['speedup_bf16_vs_cudnn_bf16']:.2f}x |")
-    lines.append("")
-    if report["layers"] and "escort_24_f16_gpu_us" in report["layers"][0]:
+                  "dense for cuDNN.", "", *_LAYER_HEADER,
+                  *_layer_rows(layers, "_us", "speedup_"), ""]
+    if layers and "escort_24_f16_gpu_us" in layers[0]:
         lines += ["GPU kernel time per convolution inside the same `tf.function`s, in "
                   "microseconds (TF profiler, sum of the kernels' durations, copies excluded): "
                   "what the layer costs the GPU, whichever of host and GPU bounds the wall "
-                  "time above.", "",
-                  "| layer | batch | ours f16 | cuDNN f16 | ours bf16 | cuDNN bf16 | cuDNN TF32 | "
-                  "f16 vs cuDNN f16 | bf16 vs cuDNN bf16 |", "|---" * 9 + "|"]
-        for r in report["layers"]:
-            lines.append(
-                f"| {r['layer']} | {r['batch']} | {r['escort_24_f16_gpu_us']:.1f} | "
-                f"{r['cudnn_f16_gpu_us']:.1f} | {r['escort_24_bf16_gpu_us']:.1f} | "
-                f"{r['cudnn_bf16_gpu_us']:.1f} | {r['cudnn_tf32_gpu_us']:.1f} | "
-                f"{r['gpu_time_speedup_f16_vs_cudnn_f16']:.2f}x | "
-                f"{r['gpu_time_speedup_bf16_vs_cudnn_bf16']:.2f}x |")
-        lines.append("")
+                  "time above.", "", *_LAYER_HEADER,
+                  *_layer_rows(layers, "_gpu_us", "gpu_time_speedup_"), ""]
     for batch, s in report["layer_geomean"].items() if report["layers"] else ():
         lines.append(f"Geomean at batch {batch}: " + ", ".join(
             f"{k.replace('_', ' ')} {v:.2f}x" for k, v in s.items()))
