@@ -360,11 +360,15 @@ def _dense_geometry(layer, x):
 def _autotune(plans, batch_size, budget_s):
     candidates = [p for p in plans if p.row is not None and p.row.decision == "sparse"]
     on_gpu = _has_gpu()
-    # Dense time per geometry, and the layer it was timed on: a model repeats
-    # geometries (ResNet-50: 53 convs, 20 geometries; VGG-16: 13 and 9), and timing a
-    # repeat's dense variant again would cost a trace, a first call and
-    # samples to learn the same number.
-    dense_timed = {}
+    # Times per variant and geometry, and the layer they were timed on: a model
+    # repeats geometries (ResNet-50: 53 convs, 20 geometries; VGG-16: 13 and
+    # 9), and timing a repeat again would cost a trace, a first call and
+    # samples to learn the same number. Dense does the same work whatever its
+    # weights; so does each sparse engine for a 2:4 filter, whose every output
+    # channel keeps half of its weights and whose tensor-core layout has a size
+    # fixed by the geometry. Other sparse filters are timed each: their work
+    # depends on where their nonzeros are.
+    timed_before = {}
     for plan in _progress(candidates, "escort_tf autotune"):
         row, shape = plan.row, plan.input_shape[1:]
         if not shape.is_fully_defined():
@@ -378,10 +382,20 @@ def _autotune(plans, batch_size, budget_s):
                 engines.append("tensor_cores_2_4")
             else:
                 notes.append("tensor_cores_2_4 not timed: no GPU")
-        # Graphs, as in a model: eager calls would time Python and op dispatch.
+
+        def share_key(variant):
+            if variant == "dense":
+                return variant, geometry
+            return (variant, geometry, "2:4") if row.structure == "2:4" else None
+
         # Sparse variants first: on a tie, min() below keeps the sparse layer.
-        calls = {engine: tf.function(_sparse_clone(plan, engine).__call__) for engine in engines}
-        if geometry not in dense_timed:
+        variants = [*engines, "dense"]
+        reused = {name: timed_before[share_key(name)] for name in variants
+                  if share_key(name) in timed_before}
+        # Graphs, as in a model: eager calls would time Python and op dispatch.
+        calls = {engine: tf.function(_sparse_clone(plan, engine).__call__)
+                 for engine in engines if engine not in reused}
+        if "dense" not in reused:
             dense = _from_config(plan.inner)
             dense.build(x.shape)
             dense.set_weights(plan.weights)
@@ -394,23 +408,25 @@ def _autotune(plans, batch_size, budget_s):
                 notes.append(f"{name} failed: {_op_message(e)}")
                 del fns[name]
         times = None
-        sparse_left = any(name != "dense" for name in fns)
-        if sparse_left and (len(fns) > 1 or geometry in dense_timed):
+        left = [*fns, *reused]
+        if len(left) > 1 and any(name != "dense" for name in left):
             try:
                 times = time_side_by_side(fns, reps=_AUTOTUNE_REPS, warmup=1, budget_s=budget_s,
                                           min_sample_s=_AUTOTUNE_MIN_SAMPLE_S,
-                                          decisive_ratio=_AUTOTUNE_DECISIVE_RATIO)
+                                          decisive_ratio=_AUTOTUNE_DECISIVE_RATIO) if fns else {}
             except tf.errors.OpError as e:
                 notes.append(_op_message(e))
         if times is None:
             row.reason += f"; autotune failed, kept: {notes[-1]}"
             continue
-        median = {name: t["median_ms"] for name, t in times.items()}
-        if "dense" in median:
-            dense_timed[geometry] = (median["dense"], plan.inner.name)
-        elif geometry in dense_timed:  # else dense failed: the sparse engines were compared
-            median["dense"], timed_on = dense_timed[geometry]
-            notes.append(f"dense timed on {timed_on} (same geometry)")
+        for name, t in times.items():
+            if share_key(name) is not None:
+                timed_before[share_key(name)] = (t["median_ms"], plan.inner.name)
+        for name, (_, timed_on) in reused.items():
+            kind = "same geometry" if name == "dense" else "same geometry, 2:4 filter"
+            notes.append(f"{name} timed on {timed_on} ({kind})")
+        median = {name: times[name]["median_ms"] if name in times else reused[name][0]
+                  for name in variants if name in times or name in reused}
         row.sparse_ms = median.get("cuda_cores")
         row.tensor_cores_ms = median.get("tensor_cores_2_4")
         row.dense_ms = median.get("dense")

@@ -759,6 +759,47 @@ def test_autotune_on_gpu_keeps_the_fastest_of_three(rng, monkeypatch, fastest, d
     assert "2:4" in line and "1.000" in line
 
 
+def test_autotune_times_a_repeated_2_4_geometry_once(rng, monkeypatch):
+    # tc_a, tc_b: 2:4 filters of one geometry; tc_c the same geometry with a
+    # filter 90% sparse (not 2:4): its sparse engines depend on where its
+    # nonzeros are, so only its dense time is shared.
+    with global_policy("mixed_float16"):
+        x = tf_keras.Input((6, 6, 32))
+        y = x
+        for name in ("tc_a", "tc_b", "tc_c"):
+            y = L.Conv2D(32, 3, padding="same", name=name)(y)
+        model = tf_keras.Model(x, L.Activation("linear", dtype="float32")(y))
+    for name in ("tc_a", "tc_b"):
+        model.get_layer(name).kernel.assign(pruned_models.kernel_2_4(rng, (3, 3, 32, 32)))
+    model.get_layer("tc_c").kernel.assign(
+        rng.standard_normal((3, 3, 32, 32)) * (rng.random((3, 3, 32, 32)) < 0.1))
+    ms = {"cuda_cores": 3.0, "tensor_cores_2_4": 1.0, "dense": 2.0}
+    timed = []
+
+    def fake_times(fns, **kwargs):
+        timed.append(list(fns))
+        return {name: {"median_ms": ms[name]} for name in fns}
+
+    _pretend_gpu(monkeypatch)
+    monkeypatch.setattr(sys.modules["escort_tf.convert"], "time_side_by_side", fake_times)
+    converted, report = escort_tf.convert(model, autotune=True, autotune_whole_model=False,
+                                          return_report=True)
+    assert [report[n].structure for n in ("tc_a", "tc_b", "tc_c")] == ["2:4", "2:4", None]
+    assert timed == [["cuda_cores", "tensor_cores_2_4", "dense"], ["cuda_cores"]]
+    tc_b = report["tc_b"]
+    assert (tc_b.sparse_ms, tc_b.tensor_cores_ms, tc_b.dense_ms) == (3.0, 1.0, 2.0)
+    assert (tc_b.decision, tc_b.engine) == ("sparse", "tensor_cores_2_4")
+    assert tc_b.reason == (
+        "autotune at batch 1: cuda_cores 3.000 ms, tensor_cores_2_4 1.000 ms, dense 2.000 ms"
+        "; cuda_cores timed on tc_a (same geometry, 2:4 filter)"
+        "; tensor_cores_2_4 timed on tc_a (same geometry, 2:4 filter)"
+        "; dense timed on tc_a (same geometry)")
+    tc_c = report["tc_c"]
+    assert (tc_c.sparse_ms, tc_c.dense_ms, tc_c.decision) == (3.0, 2.0, "dense")
+    assert tc_c.reason.endswith("; dense timed on tc_a (same geometry)")
+    assert converted.get_layer("tc_b").engine == "auto"
+
+
 def test_autotune_skips_a_tensor_core_variant_that_fails(rng, monkeypatch):
     real = escort_tf.ops.csr_conv2d
 
