@@ -605,9 +605,11 @@ def convert(model, min_sparsity=0.5, autotune=False, *, autotune_batch_size=1,
     applies, on tensor cores; the fastest wins (engine "auto" for tensor
     cores, "cuda_cores" for the CSR kernel); a dense layer of a geometry
     already timed in this model (same config, input shape and dtype) takes
-    that time. A variant that fails (a GPU without sparse tensor cores) is
-    left out of the comparison. On a CPU
-    the GPU kernels can't be compared, so the rule's engine stays. Then,
+    that time, and so do the sparse variants of a 2:4 layer of such a
+    geometry (their work does not depend on where its nonzeros are). A
+    variant that fails (a GPU without sparse tensor cores) is left out of
+    the comparison. On a CPU the GPU kernels can't be compared, so the
+    rule's engine stays. Then,
     with `autotune_whole_model`, the whole model is timed three ways: with
     those per-layer winners, as the rules above convert it, and all dense
     (each folded if asked); the fastest is returned, but one with sparse
