@@ -8,7 +8,9 @@ a model's layers follow each other, and is timed until the GPU is done
 side: the op, `tf.nn.conv2d` (cuDNN) with TF32 on (TF's default) and off.
 `--kernel-json` merges the standalone kernel's device times from
 benchmarks/gpu/bench.py (CUDA-graph replays, no host cost), so the TF
-path's overhead reads as a ratio.
+path's overhead reads as a ratio. With a GPU, each variant's GPU kernel
+time inside TF (TF profiler, `common.gpu_kernel_us`) is reported too, and
+its ratio to the standalone kernel, which the host's speed cannot move.
 
 Host cost: a chain of `--chain` tiny convolutions (1x8x8x8, so the GPU work
 is a few microseconds) over five filters of different shapes, in one
@@ -66,8 +68,10 @@ def bench_layer(layer, batch, calls, reps, rng):
     cudnn = common.serial_calls(
         lambda x, i: tf.nn.conv2d(x, kernels[i], stride, [[0, 0], *padding, [0, 0]]), xs, calls)
     times = time_side_by_side({"escort": escort, "cudnn_tf32": cudnn}, reps=reps, warmup=2)
+    gpu_us = common.gpu_kernel_us_each({"escort": escort, "cudnn_tf32": cudnn})
     with common.tf32(False):  # not flipped inside the rounds (see bench_models.py)
         times.update(time_side_by_side({"cudnn_fp32": cudnn}, reps=reps, warmup=2))
+        gpu_us.update(common.gpu_kernel_us_each({"cudnn_fp32": cudnn}))
     with common.tf32(False):
         error = common.relative_error(
             escort_tf.sparse_conv2d(xs[0], csrs[0], strides=stride, padding=padding),
@@ -79,6 +83,10 @@ def bench_layer(layer, batch, calls, reps, rng):
         row[f"{kind}_us"] = 1e3 * t["median_ms"] / calls
     for kind in ("cudnn_tf32", "cudnn_fp32"):
         row[f"speedup_vs_{kind}"] = row[f"{kind}_us"] / row["escort_us"]
+    for kind, us in gpu_us.items():
+        row[f"{kind}_gpu_us"] = us / calls
+    if gpu_us:
+        row["gpu_time_speedup_vs_cudnn_tf32"] = gpu_us["cudnn_tf32"] / gpu_us["escort"]
     return row
 
 
@@ -120,6 +128,9 @@ def merge_kernel_times(rows, kernel_json):
                 if kernel_ms:
                     row["standalone_kernel_us"] = 1e3 * kernel_ms
                     row["tf_over_standalone"] = row["escort_us"] / row["standalone_kernel_us"]
+                    if "escort_gpu_us" in row:
+                        row["tf_gpu_time_over_standalone"] = (
+                            row["escort_gpu_us"] / row["standalone_kernel_us"])
 
 
 def markdown(report):
@@ -138,6 +149,18 @@ def markdown(report):
             + f" | {row['cudnn_tf32_us']:.1f} | {row['cudnn_fp32_us']:.1f} | "
             f"{row['speedup_vs_cudnn_tf32']:.2f}x | {row['speedup_vs_cudnn_fp32']:.2f}x |")
     lines.append("")
+    if report["layers"] and "escort_gpu_us" in report["layers"][0]:
+        lines += ["GPU kernel time per convolution inside the same `tf.function`s, in "
+                  "microseconds (TF profiler): what the layer costs the GPU, whichever of "
+                  "host and GPU bounds the wall time above.", "",
+                  "| layer | batch | escort | TF GPU time / standalone | cuDNN TF32 | "
+                  "cuDNN fp32 | vs TF32 |", "|---" * 7 + "|"]
+        lines += [f"| {row['layer']} | {row['batch']} | {row['escort_gpu_us']:.1f} | "
+                  + (f"{row['tf_gpu_time_over_standalone']:.2f}"
+                     if "tf_gpu_time_over_standalone" in row else "-")
+                  + f" | {row['cudnn_tf32_gpu_us']:.1f} | {row['cudnn_fp32_gpu_us']:.1f} | "
+                  f"{row['gpu_time_speedup_vs_cudnn_tf32']:.2f}x |" for row in report["layers"]]
+        lines.append("")
     for batch, summary in report["geomeans"].items():
         lines.append(f"Batch {batch}, geomean: " + ", ".join(
             f"{key} {value:.2f}" for key, value in summary.items()))
@@ -178,6 +201,9 @@ def main(argv=None):
         batch_rows = [row for row in rows if row["batch"] == batch]
         summary = {key: geomean([row[key] for row in batch_rows])
                    for key in ("speedup_vs_cudnn_tf32", "speedup_vs_cudnn_fp32")}
+        for key in ("gpu_time_speedup_vs_cudnn_tf32", "tf_gpu_time_over_standalone"):
+            if all(key in row for row in batch_rows):
+                summary[key] = geomean([row[key] for row in batch_rows])
         if all("tf_over_standalone" in row for row in batch_rows):
             summary["tf_over_standalone"] = geomean([row["tf_over_standalone"]
                                                      for row in batch_rows])

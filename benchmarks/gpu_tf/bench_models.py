@@ -12,7 +12,8 @@ process in these variants:
                     fold_batch_norm=True), tuned at each batch size B
 per batch size: the median of `tf.function` model calls (`training=False`,
 synchronised by reading the output back), then `model.predict`. Every
-variant's outputs are compared with dense_fp32's.
+variant's outputs are compared with dense_fp32's. With a GPU, each call's
+GPU kernel time (TF profiler, `common.gpu_kernel_us`) is reported too.
 
   python benchmarks/gpu_tf/bench_models.py --json OUT.json [--md OUT.md] [--quick]
 """
@@ -133,8 +134,17 @@ def bench_model(name, image_size, batches, reps, predict_images, progress):
         with common.tf32(False):
             reference = timed["dense"]()
         errors = {kind: common.relative_error(y, reference) for kind, y in outputs.items()}
-        calls.append(common.speedup_row(times, batch=batch, reps=reps,
-                                        relative_error_vs_dense_fp32=errors))
+        row = common.speedup_row(times, batch=batch, reps=reps,
+                                 relative_error_vs_dense_fp32=errors)
+        # GPU kernel time per call (TF32 on, as the wall times): what the call
+        # costs the GPU, whichever of host and GPU bounds its wall time.
+        gpu_ms = {kind: us / 1e3 for kind, us in common.gpu_kernel_us_each(
+            {kind: (lambda fn=fn: fn(x)) for kind, fn in fns.items()}).items()}
+        for kind, ms in gpu_ms.items():
+            row[f"{kind}_gpu_ms"] = ms
+            if kind != "dense":
+                row[f"{kind}_gpu_speedup"] = gpu_ms["dense"] / ms
+        calls.append(row)
         progress(f"{name} call b{batch}: " + ", ".join(
             f"{kind} {t:.2f} ms" for kind, t in times.items()))
         if not predict_images(batch):
@@ -172,6 +182,18 @@ def markdown(report):
                 label = str(row["batch"]) + (f" ({row['images']} images)" if "images" in row
                                              else "")
                 lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            lines.append("")
+        gpu_rows = [row for row in result["calls"] if "dense_gpu_ms" in row]
+        if gpu_rows:
+            gpu_kinds = [k for k in kinds if k != "dense_fp32"]
+            lines += [f"GPU kernel time per {name} call in ms (TF profiler; speedup over "
+                      "dense's GPU time):", "",
+                      "| batch | " + " | ".join(gpu_kinds) + " |",
+                      "|---" * (len(gpu_kinds) + 1) + "|"]
+            for row in gpu_rows:
+                lines.append(f"| {row['batch']} | {row['dense_gpu_ms']:.2f} | " + " | ".join(
+                    f"{row[f'{k}_gpu_ms']:.2f} ({row[f'{k}_gpu_speedup']:.2f}x)"
+                    for k in gpu_kinds[1:]) + " |")
             lines.append("")
         lines += [f"Autotune of {name}: " + ", ".join(
             f"batch {b}: {v['seconds']:.1f} s, {v['sparse']} of {v['timed']} layers kept sparse"

@@ -93,8 +93,7 @@ def bench_layer(layer, batch, calls, reps, rng):
     fns["cudnn_tf32"] = common.serial_calls(
         lambda x, i: tf.nn.conv2d(x, kernels32[i], layer.stride, tf_padding), xs, calls)
     times = time_side_by_side(fns, reps=reps, warmup=2)
-    gpu_us = ({kind: common.gpu_kernel_us(fn) / calls for kind, fn in fns.items()}
-              if tf.config.list_physical_devices("GPU") else {})
+    gpu_us = {kind: us / calls for kind, us in common.gpu_kernel_us_each(fns).items()}
     with common.tf32(False):
         reference = tf.nn.conv2d(tf.cast(xs[0], tf.float64), tf.cast(kernels32[0], tf.float64),
                                  layer.stride, tf_padding)
@@ -188,8 +187,8 @@ def bench_models(image_size, batches, reps, progress):
         outputs = {kind: fn() for kind, fn in timed.items()}
         times = {kind: t["median_ms"]
                  for kind, t in time_side_by_side(timed, reps=reps, warmup=2).items()}
-        gpu_ms = {kind: common.gpu_kernel_us(lambda fn=fn: fn(x)) / 1e3
-                  for kind, fn in fns.items()} if tf.config.list_physical_devices("GPU") else {}
+        gpu_ms = {kind: us / 1e3 for kind, us in common.gpu_kernel_us_each(
+            {kind: (lambda fn=fn: fn(x)) for kind, fn in fns.items()}).items()}
         with common.tf32(False):
             reference = timed["dense_tf32"]()
         row = {"batch": batch, "reps": reps, "autotune_f16": autotune}

@@ -99,6 +99,14 @@ def gpu_kernel_us(fn, runs=3):
     return kernel_ps(space) / 1e6 / runs
 
 
+def gpu_kernel_us_each(fns):
+    """`gpu_kernel_us` of each zero-argument callable in `fns` (name -> us per
+    call), or {} where TF sees no GPU (the scripts then run on the CPU)."""
+    if not tf.config.list_physical_devices("GPU"):
+        return {}
+    return {name: gpu_kernel_us(fn) for name, fn in fns.items()}
+
+
 def kernel_ps(space):
     """Picoseconds of GPU kernels in a profile (`XSpace`), copies excluded.
 
