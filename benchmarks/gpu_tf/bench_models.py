@@ -138,8 +138,7 @@ def bench_model(name, image_size, batches, reps, predict_images, progress):
                                  relative_error_vs_dense_fp32=errors)
         # GPU kernel time per call (TF32 on, as the wall times): what the call
         # costs the GPU, whichever of host and GPU bounds its wall time.
-        gpu_ms = {kind: us / 1e3 for kind, us in common.gpu_kernel_us_each(
-            {kind: (lambda fn=fn: fn(x)) for kind, fn in fns.items()}).items()}
+        gpu_ms = common.model_gpu_ms(fns, x)
         for kind, ms in gpu_ms.items():
             row[f"{kind}_gpu_ms"] = ms
             if kind != "dense":

@@ -187,8 +187,7 @@ def bench_models(image_size, batches, reps, progress):
         outputs = {kind: fn() for kind, fn in timed.items()}
         times = {kind: t["median_ms"]
                  for kind, t in time_side_by_side(timed, reps=reps, warmup=2).items()}
-        gpu_ms = {kind: us / 1e3 for kind, us in common.gpu_kernel_us_each(
-            {kind: (lambda fn=fn: fn(x)) for kind, fn in fns.items()}).items()}
+        gpu_ms = common.model_gpu_ms(fns, x)
         with common.tf32(False):
             reference = timed["dense_tf32"]()
         row = {"batch": batch, "reps": reps, "autotune_f16": autotune}
@@ -244,7 +243,7 @@ def markdown(report):
                   "what the layer costs the GPU, whichever of host and GPU bounds the wall "
                   "time above.", "", *_LAYER_HEADER,
                   *_layer_rows(layers, "_gpu_us", "gpu_time_speedup_"), ""]
-    for batch, s in report["layer_geomean"].items() if report["layers"] else ():
+    for batch, s in report["layer_geomean"].items():
         lines.append(f"Geomean at batch {batch}: " + ", ".join(
             f"{k.replace('_', ' ')} {v:.2f}x" for k, v in s.items()))
     lines.append("")
@@ -314,14 +313,14 @@ def main(argv=None):
             report["layers"].append(row)
             progress(f"{layer.name} b{batch}: f16 {row['speedup_f16_vs_cudnn_f16']:.2f}x, "
                      f"bf16 {row['speedup_bf16_vs_cudnn_bf16']:.2f}x cuDNN")
+    layers = report["layers"]
     keys = [key for key in ("speedup_f16_vs_cudnn_f16", "speedup_bf16_vs_cudnn_bf16",
                             "speedup_f16_vs_cudnn_tf32", "gpu_time_speedup_f16_vs_cudnn_f16",
                             "gpu_time_speedup_bf16_vs_cudnn_bf16")
-            if report["layers"] and key in report["layers"][0]]
+            if layers and key in layers[0]]
     report["layer_geomean"] = {
-        str(b): {key: geomean([r[key] for r in report["layers"] if r["batch"] == b])
-                 for key in keys}
-        for b in batches}
+        str(b): {key: geomean([r[key] for r in layers if r["batch"] == b]) for key in keys}
+        for b in sorted({r["batch"] for r in layers})}
     if not args.skip_models:
         report["models"] = bench_models(args.image_size, batches, args.reps, progress)
     common.finish(report, args.json, args.md, markdown)

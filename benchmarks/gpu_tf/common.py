@@ -107,6 +107,13 @@ def gpu_kernel_us_each(fns):
     return {name: gpu_kernel_us(fn) for name, fn in fns.items()}
 
 
+def model_gpu_ms(fns, x):
+    """GPU kernel ms per call of each model function in `fns` (name -> fn)
+    on input `x`, or {} where TF sees no GPU."""
+    return {name: us / 1e3 for name, us in gpu_kernel_us_each(
+        {name: (lambda fn=fn: fn(x)) for name, fn in fns.items()}).items()}
+
+
 def kernel_ps(space):
     """Picoseconds of GPU kernels in a profile (`XSpace`), copies excluded.
 
