@@ -4,8 +4,10 @@
 //   cc/kernels/build_sparse24_gpu.sh OUTDIR
 //   OUTDIR/sparse24_conv_gpu_test [num_random_cases] [seed]
 // On Hopper every case runs the wgmma kernel (each also with the split-K
-// workspace where it asks for one); a build with ESCORT_TF_SPARSE24_WGMMA=0
-// runs the mma.sp one there, as other GPUs do.
+// workspace where it asks for one), loading with the copy engine (TMA) where
+// C >= 64 and with cp.async otherwise; the test fails if neither path ran.
+// A build with ESCORT_TF_SPARSE24_WGMMA=0 runs the mma.sp kernel there, as
+// other GPUs do.
 // Named cases first (1x1, 7x7, width 1, batch 1, K not a multiple of 16 or
 // 8, strides, dilations, all paddings, activations, each block shape), then
 // random ones, each
@@ -29,6 +31,7 @@
 #include "cc/kernels/cuda_check_test.h"
 #include "cc/kernels/sparse24_conv.h"
 #include "cc/kernels/sparse24_conv_gpu.h"
+#include "cc/kernels/sparse24_conv_wgmma.h"
 
 namespace escort {
 namespace {
@@ -262,6 +265,11 @@ int main(int argc, char** argv) {
   explicit_pad.explicit_bottom = 0;
   explicit_pad.explicit_left = 1;
   explicit_pad.explicit_right = 2;
+  ConvAttrs dilated_explicit = Attrs(1, 2, Padding::kExplicit);
+  dilated_explicit.explicit_top = 0;
+  dilated_explicit.explicit_bottom = 3;
+  dilated_explicit.explicit_left = 2;
+  dilated_explicit.explicit_right = 1;
   std::vector<Case> cases = {
       {"1x1", 2, 7, 9, 32, 16, 1, 1, Attrs(1, 1, kValid), false, Activation::kNone},
       {"3x3_same_relu", 1, 14, 14, 64, 64, 3, 3, Attrs(1, 1, kSame), true, Activation::kRelu},
@@ -288,6 +296,16 @@ int main(int argc, char** argv) {
       {"c96_wide_blocks", 16, 33, 33, 96, 129, 3, 3, Attrs(1, 1, kSame), true, Activation::kNone},
       {"c96_narrow_blocks", 16, 48, 48, 96, 56, 3, 3, Attrs(1, 1, kSame), true, Activation::kRelu},
       {"c96_tall_blocks", 2, 66, 66, 96, 512, 3, 3, Attrs(1, 1, kSame), true, Activation::kRelu6},
+      // The TMA kernel's im2col boxes: asymmetric SAME padding with strides,
+      // dilation with explicit padding, a large window, a 1 x 1 stride 2, a
+      // partial last channel block (K = 208: copies of the last tile) on a
+      // full grid, and pixel blocks that run across images.
+      {"tma_stride2_same", 4, 30, 31, 64, 128, 3, 3, Attrs(2, 1, kSame), true, Activation::kRelu},
+      {"tma_dilated_explicit", 3, 25, 27, 128, 64, 3, 3, dilated_explicit, true, Activation::kNone},
+      {"tma_7x7_stride2", 2, 40, 37, 64, 64, 7, 7, Attrs(2, 1, kSame), false, Activation::kNone},
+      {"tma_1x1_stride2", 4, 28, 28, 256, 128, 1, 1, Attrs(2, 1, kValid), true, Activation::kNone},
+      {"tma_partial_channel_block", 32, 28, 28, 96, 208, 3, 3, Attrs(1, 1, kSame), true, Activation::kRelu},
+      {"tma_images_across_blocks", 5, 9, 11, 64, 128, 3, 3, Attrs(1, 1, kValid), false, Activation::kRelu},
   };
   std::uniform_int_distribution<int> small(1, 4), spatial(1, 20), chunks(1, 4),
       outs(1, 80), window(1, 5), stride(1, 3), dilation(1, 2), pad(0, 1);
@@ -300,12 +318,27 @@ int main(int argc, char** argv) {
                      static_cast<Activation>(std::uniform_int_distribution<int>(0, 2)(rng))});
   }
   int failures = CheckRejections(stream) ? 0 : 1;
-  int run = 0;
+  bool wgmma = false;
+  CHECK_CUDA(PrepareSparse24Wgmma(&wgmma));
+  int device = 0, num_sms = 0;
+  CHECK_CUDA(cudaGetDevice(&device));
+  CHECK_CUDA(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device));
+  int run = 0, tma_runs = 0;
   for (const Case& c : cases) {
+    ConvGeometry g;
+    const bool tma = ComputeConvGeometry(c.N, c.H, c.W, c.C, c.R, c.S, c.C, c.K, c.attrs,
+                                         &g).empty() &&
+                     wgmma && Sparse24WgmmaLoadsWithTma(g, num_sms);
     for (HalfType type : {HalfType::kFloat16, HalfType::kBFloat16}) {
       ++run;
+      tma_runs += tma;
       if (!RunCase(c, type, &rng, stream)) ++failures;
     }
+  }
+  std::printf("%d of %d cases on the wgmma kernel's TMA loads\n", tma_runs, run);
+  if (wgmma && (tma_runs == 0 || tma_runs == run)) {
+    std::fprintf(stderr, "expected both the TMA and the cp.async loads of the wgmma kernel\n");
+    ++failures;
   }
   CHECK_CUDA(cudaStreamDestroy(stream));
   std::printf("%s: %d cases, %d failed\n", failures ? "FAIL" : "PASS", run,

@@ -15,6 +15,8 @@
 // for A (warp w of a warpgroup holds rows 16 w .. 16 w + 15).
 #include "cc/kernels/sparse24_conv_wgmma.h"
 
+#include <cuda.h>  // CUtensorMap and its encoder's signature: types only
+#include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -164,6 +166,126 @@ __device__ __forceinline__ void FenceOperands(float (&acc)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(acc[i])::"memory");
 }
+
+// The copy engine's side (the TMA kernel): mbarriers that complete when
+// their expected bytes have landed, and the two copies that land them.
+__device__ __forceinline__ void MbarrierInit(uint32_t barrier, uint32_t arrivals) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(barrier), "r"(arrivals)
+               : "memory");
+}
+// This phase completes once `bytes` more have landed (one arrival).
+__device__ __forceinline__ void MbarrierArriveExpectTx(uint32_t barrier, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(barrier),
+               "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void MbarrierWait(uint32_t barrier, uint32_t phase_parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT;\n}\n" ::"r"(barrier),
+      "r"(phase_parity)
+      : "memory");
+}
+// `bytes` (a multiple of 16) from global `src` to shared `dst`, both
+// 16-byte aligned.
+__device__ __forceinline__ void BulkCopy(uint32_t dst, const void* src, uint32_t bytes,
+                                         uint32_t barrier) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+      ::"r"(dst), "l"(src), "r"(bytes), "r"(barrier)
+      : "memory");
+}
+// One im2col box of `map`: the pixels from the one whose window starts at
+// (w, h) of image n, each read at (w + offset_w, h + offset_h) and channels
+// c .. c + 63, zero where that lies outside the input.
+__device__ __forceinline__ void Im2colLoad(uint32_t dst, const CUtensorMap* map, int c, int w,
+                                           int h, int n, uint16_t offset_w, uint16_t offset_h,
+                                           uint32_t barrier) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.im2col.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4, %5}], [%6], {%7, %8};\n"
+      ::"r"(dst), "l"(map), "r"(c), "r"(w), "r"(h), "r"(n), "r"(barrier), "h"(offset_w),
+      "h"(offset_h)
+      : "memory");
+}
+
+// Stage `stage`'s product: waits for the previous stage's wgmma (the A and
+// metadata registers of a wgmma in flight must not change), loads this
+// warp's A fragments and metadata, and issues the first `valid_steps` k32
+// steps (all but where a tap's last stage is half empty), left in flight.
+template <typename T, typename Cfg>
+__device__ __forceinline__ void MultiplyStage(float (&acc)[Cfg::kWgPixels / 2],
+                                              const unsigned char* smem, uint32_t base,
+                                              int stage, int tile_in_block, int lane, int wn,
+                                              int valid_steps) {
+  WgmmaWait<0>();
+  FenceOperands(acc);
+  const unsigned char* stage_ptr = smem + stage * Cfg::kStageBytes;
+  const uint4* a_frags = reinterpret_cast<const uint4*>(stage_ptr + Cfg::kBStageBytes);
+  const uint32_t* metas =
+      reinterpret_cast<const uint32_t*>(stage_ptr + Cfg::kBStageBytes + Cfg::kAStageBytes);
+  uint4 a[Cfg::kSubSteps];
+  uint32_t e[Cfg::kSubSteps];
+#pragma unroll
+  for (int sub = 0; sub < Cfg::kSubSteps; ++sub) {
+    a[sub] = a_frags[(sub * Cfg::kBlockTiles + tile_in_block) * 32 + lane];
+    e[sub] = metas[(sub * Cfg::kBlockTiles + tile_in_block) * 32 + lane];
+  }
+  const uint32_t b_base = base + stage * Cfg::kStageBytes + wn * Cfg::kWgPixels * kRowBytes;
+  WgmmaFence();
+#pragma unroll
+  for (int sub = 0; sub < Cfg::kSubSteps; ++sub) {
+    // k32 step `sub` is the 64 bytes at 64 sub of every 128-byte row.
+    if (sub < valid_steps) WgmmaSparse<T>(acc, a[sub], BDescriptor(b_base + sub * 64), e[sub]);
+  }
+  WgmmaCommit();
+}
+
+// The epilogue, once every wgmma has retired and every thread has passed a
+// barrier after its last read of the pipeline's shared memory.
+template <typename T, typename Cfg>
+__device__ __forceinline__ void StoreAccumulators(const Params& p,
+                                                  const float (&acc)[Cfg::kWgPixels / 2],
+                                                  unsigned char* smem, int first_pixel,
+                                                  int first_tile, int wm, int wn,
+                                                  int warp_in_group, int lane) {
+  // acc[4 j + 2 h + c]: channel 16 warp_in_group + g + 8 h of the
+  // warpgroup's 64, pixel 8 j + 2 t + c of its kWgPixels.
+  const int g = lane / 4, t = lane % 4;
+  // Split-K writes this part's fp32 sums, before bias and activation, to
+  // partials[part][pixel][K]; otherwise the tile goes through shared memory.
+  const bool split = Cfg::kSplitK && p.partials != nullptr;
+  float* partials = split ? p.partials + static_cast<int64_t>(blockIdx.y) * p.num_pixels * p.K
+                          : nullptr;
+  uint16_t* out_tile = reinterpret_cast<uint16_t*>(smem);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int k_local = wm * 64 + warp_in_group * 16 + g + 8 * h;
+    const int k = first_tile * static_cast<int>(kSparse24TileRows) + k_local;
+    const float bias =
+        (!split && p.bias != nullptr && k < p.K) ? sparse24::ToFloat<T>(p.bias[k]) : 0.f;
+#pragma unroll
+    for (int j = 0; j < Cfg::kWgPixels / 8; ++j) {
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int px_local = wn * Cfg::kWgPixels + j * 8 + 2 * t + c;
+        const float sum = acc[4 * j + 2 * h + c];
+        if (!split) {
+          out_tile[px_local * Cfg::kOutRowHalves + k_local] =
+              sparse24::FromFloat<T>(sparse24::Activate(sum + bias, p.activation));
+        } else if (k < p.K && first_pixel + px_local < p.num_pixels) {
+          partials[static_cast<int64_t>(first_pixel + px_local) * p.K + k] = sum;
+        }
+      }
+    }
+  }
+  if (split) return;
+  __syncthreads();
+  sparse24::StoreOutputTile<Cfg::kBlockPixels, Cfg::kBlockRows, Cfg::kThreads>(
+      p, out_tile, Cfg::kOutRowHalves, first_pixel,
+      first_tile * static_cast<int>(kSparse24TileRows));
+}
 #endif  // ESCORT_WGMMA_BODY
 
 // kHalfLastStage: C % 64 == 32, so each tap's last stage holds 32 channels.
@@ -277,70 +399,133 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     if (next < num_stage_loads) load_stage(next, next % kStages);
     sparse24::CpAsyncCommit();
 
-    WgmmaWait<0>();
-    FenceOperands(acc);
-    const int stage = index % kStages;
-    const unsigned char* stage_ptr = smem + stage * Cfg::kStageBytes;
-    const uint4* a_frags = reinterpret_cast<const uint4*>(stage_ptr + Cfg::kBStageBytes);
-    const uint32_t* metas =
-        reinterpret_cast<const uint32_t*>(stage_ptr + Cfg::kBStageBytes + Cfg::kAStageBytes);
-    uint4 a[Cfg::kSubSteps];
-    uint32_t e[Cfg::kSubSteps];
-#pragma unroll
-    for (int sub = 0; sub < Cfg::kSubSteps; ++sub) {
-      a[sub] = a_frags[(sub * Cfg::kBlockTiles + tile_in_block) * 32 + lane];
-      e[sub] = metas[(sub * Cfg::kBlockTiles + tile_in_block) * 32 + lane];
-    }
-    const uint32_t b_base =
-        base + stage * Cfg::kStageBytes + wn * Cfg::kWgPixels * kRowBytes;
-    WgmmaFence();
-#pragma unroll
-    for (int sub = 0; sub < Cfg::kSubSteps; ++sub) {
-      // k32 step `sub` is the 64 bytes at 64 sub of every 128-byte row.
-      WgmmaSparse<T>(acc, a[sub], BDescriptor(b_base + sub * 64), e[sub]);
-    }
-    WgmmaCommit();
+    MultiplyStage<T, Cfg>(acc, smem, base, index % kStages, tile_in_block, lane, wn,
+                          Cfg::kSubSteps);
   }
   WgmmaWait<0>();
   FenceOperands(acc);
   sparse24::CpAsyncWait<0>();
   __syncthreads();
 
-  // acc[4 j + 2 h + c]: channel 16 warp_in_group + g + 8 h of the
-  // warpgroup's 64, pixel 8 j + 2 t + c of its kWgPixels.
-  const int g = lane / 4, t = lane % 4;
-  // Split-K writes this part's fp32 sums, before bias and activation, to
-  // partials[part][pixel][K]; otherwise the tile goes through shared memory.
-  const bool split = Cfg::kSplitK && p.partials != nullptr;
-  float* partials = split ? p.partials + static_cast<int64_t>(blockIdx.y) * p.num_pixels * p.K
-                          : nullptr;
-  uint16_t* out_tile = reinterpret_cast<uint16_t*>(smem);
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int k_local = wm * 64 + warp_in_group * 16 + g + 8 * h;
-    const int k = first_tile * static_cast<int>(kSparse24TileRows) + k_local;
-    const float bias =
-        (!split && p.bias != nullptr && k < p.K) ? sparse24::ToFloat<T>(p.bias[k]) : 0.f;
-#pragma unroll
-    for (int j = 0; j < Cfg::kWgPixels / 8; ++j) {
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const int px_local = wn * Cfg::kWgPixels + j * 8 + 2 * t + c;
-        const float sum = acc[4 * j + 2 * h + c];
-        if (!split) {
-          out_tile[px_local * Cfg::kOutRowHalves + k_local] =
-              sparse24::FromFloat<T>(sparse24::Activate(sum + bias, p.activation));
-        } else if (k < p.K && first_pixel + px_local < p.num_pixels) {
-          partials[static_cast<int64_t>(first_pixel + px_local) * p.K + k] = sum;
-        }
+  StoreAccumulators<T, Cfg>(p, acc, smem, first_pixel, first_tile, wm, wn, warp_in_group,
+                            lane);
+#endif  // ESCORT_WGMMA_BODY
+}
+
+// The same product with every load on the copy engine: per stage thread 0
+// issues one im2col TMA load for B (the block's pixels x 64 channels of one
+// tap, zero filled outside the image and past C, written with the 128-byte
+// swizzle the B descriptor names) and two bulk copies per k32 step for A and
+// its metadata, all completing on the stage's mbarrier. Nsight Compute had
+// the cp.async kernel above issue ~108 instructions per wgmma per warp, most
+// of them its loads' addressing, and the tensor pipe 29% busy.
+template <typename T, typename Cfg, bool kHalfLastStage>
+__global__ void __launch_bounds__(Cfg::kThreads, 1)
+    Sparse24TmaKernel(const Params p, const __grid_constant__ CUtensorMap input_map) {
+#ifdef ESCORT_WGMMA_BODY
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t raw_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  const uint32_t base = (raw_base + kSwizzleBytes - 1) & ~uint32_t{kSwizzleBytes - 1};
+  unsigned char* smem = smem_raw + (base - raw_base);
+  // One mbarrier per stage buffer, past the pipeline (which the output tile
+  // shares): buffer b's j-th load completes its phase j, parity j & 1.
+  const uint32_t full = base + Cfg::kPipeBytes;
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int warpgroup = warp / 4, warp_in_group = warp % 4;
+  const int wm = warpgroup % Cfg::kWgM, wn = warpgroup / Cfg::kWgM;
+  const int channel_blocks = (p.num_tiles + Cfg::kBlockTiles - 1) / Cfg::kBlockTiles;
+  const int first_tile = static_cast<int>(blockIdx.x % channel_blocks) * Cfg::kBlockTiles;
+  const int first_pixel = static_cast<int>(blockIdx.x / channel_blocks) * Cfg::kBlockPixels;
+  if (tid == 0) {
+    for (int stage = 0; stage < Cfg::kStages; ++stage) MbarrierInit(full + 8 * stage, 1);
+    // Visible to the copy engine before its first complete_tx.
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  const int total_stages = NumStages(p);
+  const int first_stage = static_cast<int>(blockIdx.y) * p.stages_per_split;
+  const int num_stage_loads = min(p.stages_per_split, total_stages - first_stage);
+  const int stages_per_tap = StagesPerTap(p);
+  // Where the block's first pixel's window starts; the copy engine walks
+  // the following pixels through the map's bounding box (across rows and
+  // images), so one box is the block's B whatever its pixels' positions.
+  const int image_pixels = p.P * p.Q;
+  const int first_image = first_pixel / image_pixels, first_rest = first_pixel % image_pixels;
+  const int window_h = first_rest / p.Q * p.stride_h - p.pad_top;
+  const int window_w = first_rest % p.Q * p.stride_w - p.pad_left;
+  // The block's tiles past K (a partial last channel block) get copies of
+  // the last tile, never stored, so that every fragment is well formed.
+  const int valid_tiles = min(Cfg::kBlockTiles, p.num_tiles - first_tile);
+  constexpr uint32_t kTileABytes = 32 * 16, kTileMetaBytes = 32 * 4;
+  // Stage `index` of this block into buffer index % kStages (thread 0).
+  auto load_stage = [&](int index) {
+    const int stage_index = first_stage + index;
+    const int tap = stage_index / stages_per_tap;
+    const int c = stage_index % stages_per_tap * kStageChannels;
+    const int valid_steps =
+        kHalfLastStage ? min(Cfg::kSubSteps, (p.C - c) / static_cast<int>(kSparse24StepChannels))
+                       : Cfg::kSubSteps;
+    const uint32_t stage_base = base + (index % Cfg::kStages) * Cfg::kStageBytes;
+    const uint32_t barrier = full + 8 * (index % Cfg::kStages);
+    MbarrierArriveExpectTx(barrier, Cfg::kBStageBytes + valid_steps * Cfg::kBlockTiles *
+                                                            (kTileABytes + kTileMetaBytes));
+    Im2colLoad(stage_base, &input_map, c, window_w, window_h, first_image,
+               static_cast<uint16_t>(tap % p.S * p.dilation_w),
+               static_cast<uint16_t>(tap / p.S * p.dilation_h), barrier);
+    const int64_t first_step = (static_cast<int64_t>(tap) * p.C + c) / kSparse24StepChannels;
+    for (int sub = 0; sub < valid_steps; ++sub) {
+      const int64_t fragment = ((first_step + sub) * p.num_tiles + first_tile) * 32;
+      const uint32_t a_dst = stage_base + Cfg::kBStageBytes + sub * Cfg::kBlockTiles * kTileABytes;
+      const uint32_t meta_dst = stage_base + Cfg::kBStageBytes + Cfg::kAStageBytes +
+                                sub * Cfg::kBlockTiles * kTileMetaBytes;
+      BulkCopy(a_dst, p.packed + fragment, valid_tiles * kTileABytes, barrier);
+      BulkCopy(meta_dst, p.metadata + fragment, valid_tiles * kTileMetaBytes, barrier);
+      const int64_t last_tile = fragment + (valid_tiles - 1) * 32;
+      for (int tile = valid_tiles; tile < Cfg::kBlockTiles; ++tile) {
+        BulkCopy(a_dst + tile * kTileABytes, p.packed + last_tile, kTileABytes, barrier);
+        BulkCopy(meta_dst + tile * kTileMetaBytes, p.metadata + last_tile, kTileMetaBytes,
+                 barrier);
       }
     }
+  };
+
+  // As in Sparse24WgmmaKernel: a stage's wgmma stays in flight until the
+  // next stage's A registers are loaded, so at a barrier only the previous
+  // stage may still be read, and loads run kStages - 2 stages ahead.
+  constexpr int kStages = Cfg::kStages;
+  constexpr int kAhead = kStages - 2;
+  float acc[Cfg::kWgPixels / 2];
+#pragma unroll
+  for (int i = 0; i < Cfg::kWgPixels / 2; ++i) acc[i] = 0.f;
+  if (tid == 0) {
+    for (int s = 0; s < kAhead && s < num_stage_loads; ++s) load_stage(s);
   }
-  if (split) return;
+  const int tile_in_block = wm * 4 + warp_in_group;
+  for (int index = 0; index < num_stage_loads; ++index) {
+    // Every warpgroup retired stage index - 2's wgmma before this barrier,
+    // so its buffer may be refilled.
+    __syncthreads();
+    const int next = index + kAhead;
+    if (tid == 0 && next < num_stage_loads) {
+      // The buffer was last read through the generic proxy (the A loads).
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      load_stage(next);
+    }
+    MbarrierWait(full + 8 * (index % kStages), (index / kStages) & 1);
+    const int valid_steps =
+        kHalfLastStage && (first_stage + index) % stages_per_tap == stages_per_tap - 1
+            ? 1
+            : Cfg::kSubSteps;
+    MultiplyStage<T, Cfg>(acc, smem, base, index % kStages, tile_in_block, lane, wn,
+                          valid_steps);
+  }
+  WgmmaWait<0>();
+  FenceOperands(acc);
   __syncthreads();
-  sparse24::StoreOutputTile<Cfg::kBlockPixels, Cfg::kBlockRows, Cfg::kThreads>(
-      p, out_tile, Cfg::kOutRowHalves, first_pixel,
-      first_tile * static_cast<int>(kSparse24TileRows));
+  StoreAccumulators<T, Cfg>(p, acc, smem, first_pixel, first_tile, wm, wn, warp_in_group,
+                            lane);
 #endif  // ESCORT_WGMMA_BODY
 }
 
@@ -416,15 +601,78 @@ int64_t PartialsBytes(const Params& p, const Plan& plan) {
   return plan.splits > 1 ? int64_t{plan.splits} * p.num_pixels * p.K * 4 : 0;
 }
 
+// The TMA kernel's view of the NHWC input (Sparse24TmaKernel): 16-bit
+// elements, dims (C, W, H, N) innermost first; im2col boxes of 64 channels x
+// `block_pixels` pixels, whose windows start at the positions the output
+// pixels' windows do (the bounding box from -pad to the last output pixel's
+// window, walked with the conv's strides), zero filled outside, with the
+// 128-byte swizzle. Returns false where the geometry is outside what the
+// copy engine offers (padding or a window corner beyond +-128 pixels, a
+// window wider than 255 pixels, a stride above 8, C below one box) or the encoder is missing or refuses; the
+// cp.async kernel then runs. cuTensorMapEncodeIm2col is a driver function,
+// which the runtime hands out, so the op links no libcuda.
+// A 4-D im2col load's tap offsets are 8-bit (PTX ISA; CUTLASS asks for
+// (R - 1) x dilation < 255 likewise).
+constexpr int64_t kMaxIm2colOffset = 254;
+bool EncodeInputMap(const ConvGeometry& g, const void* input, int block_pixels,
+                    CUtensorMap* map) {
+  static const auto encode = [] {
+    void* function = nullptr;
+    cudaDriverEntryPointQueryResult found;
+    return cudaGetDriverEntryPointByVersion("cuTensorMapEncodeIm2col", &function, 12000,
+                                            cudaEnableDefault, &found) == cudaSuccess &&
+                   found == cudaDriverEntryPointSuccess
+               ? reinterpret_cast<PFN_cuTensorMapEncodeIm2col_v12000>(function)
+               : nullptr;
+  }();
+  // The last output pixel's window start, relative to the last input pixel
+  // (what the encoder calls the upper corner).
+  const int64_t upper_h = (g.P - 1) * g.stride_h - g.pad_top - (g.H - 1);
+  const int64_t upper_w = (g.Q - 1) * g.stride_w - g.pad_left - (g.W - 1);
+  const auto corner = [](int64_t v) { return v >= -128 && v <= 127; };
+  if (encode == nullptr || g.C < kStageChannels || g.stride_h > 8 || g.stride_w > 8 ||
+      !corner(-g.pad_top) || !corner(-g.pad_left) || !corner(upper_h) || !corner(upper_w) ||
+      (g.R - 1) * g.dilation_h > kMaxIm2colOffset || (g.S - 1) * g.dilation_w > kMaxIm2colOffset ||
+      reinterpret_cast<uintptr_t>(input) % 16 != 0) {
+    return false;
+  }
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(g.C), static_cast<cuuint64_t>(g.W),
+                              static_cast<cuuint64_t>(g.H), static_cast<cuuint64_t>(g.N)};
+  const cuuint64_t strides[3] = {dims[0] * 2, dims[0] * dims[1] * 2,
+                                 dims[0] * dims[1] * dims[2] * 2};
+  // W first, as the dims.
+  const int lower[2] = {static_cast<int>(-g.pad_left), static_cast<int>(-g.pad_top)};
+  const int upper[2] = {static_cast<int>(upper_w), static_cast<int>(upper_h)};
+  const cuuint32_t element_strides[4] = {1, static_cast<cuuint32_t>(g.stride_w),
+                                         static_cast<cuuint32_t>(g.stride_h), 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 4, const_cast<void*>(input), dims, strides,
+                lower, upper, static_cast<cuuint32_t>(kStageChannels),
+                static_cast<cuuint32_t>(block_pixels), element_strides,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 // Runs `plan`, split only when `partials` is set (Launch sets it only for
-// a plan with splits).
+// a plan with splits), on the TMA kernel where the input map can be made.
 template <typename T, typename Cfg>
-cudaError_t LaunchConfig(Params p, const Plan& plan, float* partials, cudaStream_t stream) {
+cudaError_t LaunchConfig(Params p, const ConvGeometry& g, const Plan& plan, float* partials,
+                         cudaStream_t stream) {
   const int splits = partials != nullptr ? plan.splits : 1;
   p.partials = partials;
   p.stages_per_split = partials != nullptr ? plan.stages_per_split : NumStages(p);
   const dim3 grid(static_cast<unsigned>(plan.blocks), static_cast<unsigned>(splits));
-  if (p.C % kStageChannels != 0) {
+  const bool half_last_stage = p.C % kStageChannels != 0;
+  CUtensorMap input_map;
+  if (EncodeInputMap(g, p.input, Cfg::kBlockPixels, &input_map)) {
+    if (half_last_stage) {
+      Sparse24TmaKernel<T, Cfg, true>
+          <<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, input_map);
+    } else {
+      Sparse24TmaKernel<T, Cfg, false>
+          <<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, input_map);
+    }
+  } else if (half_last_stage) {
     Sparse24WgmmaKernel<T, Cfg, true><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
   } else {
     Sparse24WgmmaKernel<T, Cfg, false><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
@@ -440,8 +688,8 @@ cudaError_t LaunchConfig(Params p, const Plan& plan, float* partials, cudaStream
 }
 
 template <typename T>
-cudaError_t Launch(const Params& p, int num_sms, void* workspace, size_t workspace_bytes,
-                   cudaStream_t stream) {
+cudaError_t Launch(const Params& p, const ConvGeometry& g, int num_sms, void* workspace,
+                   size_t workspace_bytes, cudaStream_t stream) {
   const Plan plan = ChoosePlan(p, num_sms);
   const int64_t needed = PartialsBytes(p, plan);
   float* partials = needed > 0 && workspace != nullptr &&
@@ -450,27 +698,30 @@ cudaError_t Launch(const Params& p, int num_sms, void* workspace, size_t workspa
                         : nullptr;
   switch (plan.shape) {
     case Shape::kTall:
-      return LaunchConfig<T, TallConfig>(p, plan, partials, stream);
+      return LaunchConfig<T, TallConfig>(p, g, plan, partials, stream);
     case Shape::kWide:
-      return LaunchConfig<T, WideConfig>(p, plan, partials, stream);
+      return LaunchConfig<T, WideConfig>(p, g, plan, partials, stream);
     case Shape::kNarrow:
-      return LaunchConfig<T, NarrowConfig>(p, plan, partials, stream);
+      return LaunchConfig<T, NarrowConfig>(p, g, plan, partials, stream);
     case Shape::kSmallWide:
-      return LaunchConfig<T, SmallWideConfig>(p, plan, partials, stream);
+      return LaunchConfig<T, SmallWideConfig>(p, g, plan, partials, stream);
     case Shape::kSmallNarrow:
       break;
   }
-  return LaunchConfig<T, SmallNarrowConfig>(p, plan, partials, stream);
+  return LaunchConfig<T, SmallNarrowConfig>(p, g, plan, partials, stream);
 }
 
 template <typename T, typename Cfg>
 cudaError_t AllowSharedMemory() {
-  cudaError_t err = cudaFuncSetAttribute(Sparse24WgmmaKernel<T, Cfg, false>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         Cfg::kSmemBytes);
-  if (err != cudaSuccess) return err;
-  return cudaFuncSetAttribute(Sparse24WgmmaKernel<T, Cfg, true>,
-                              cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
+  for (const void* kernel : {reinterpret_cast<const void*>(Sparse24WgmmaKernel<T, Cfg, false>),
+                             reinterpret_cast<const void*>(Sparse24WgmmaKernel<T, Cfg, true>),
+                             reinterpret_cast<const void*>(Sparse24TmaKernel<T, Cfg, false>),
+                             reinterpret_cast<const void*>(Sparse24TmaKernel<T, Cfg, true>)}) {
+    const cudaError_t err = cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
 }
 
 template <typename T>
@@ -514,6 +765,33 @@ size_t Sparse24WgmmaWorkspaceBytes(const ConvGeometry& geometry, int num_sms) {
   return static_cast<size_t>(PartialsBytes(p, ChoosePlan(p, num_sms)));
 }
 
+bool Sparse24WgmmaLoadsWithTma(const ConvGeometry& geometry, int num_sms) {
+#ifdef ESCORT_SPARSE24_WGMMA
+  const Params p = sparse24::MakeParams(geometry, nullptr, nullptr, nullptr, nullptr,
+                                        Activation::kNone, nullptr);
+  CUtensorMap map;
+  // Any aligned address encodes alike; the map is not used.
+  const void* aligned_input = reinterpret_cast<const void*>(uintptr_t{1} << 20);
+  switch (ChoosePlan(p, num_sms).shape) {
+    case Shape::kTall:
+      return EncodeInputMap(geometry, aligned_input, TallConfig::kBlockPixels, &map);
+    case Shape::kWide:
+      return EncodeInputMap(geometry, aligned_input, WideConfig::kBlockPixels, &map);
+    case Shape::kNarrow:
+      return EncodeInputMap(geometry, aligned_input, NarrowConfig::kBlockPixels, &map);
+    case Shape::kSmallWide:
+      return EncodeInputMap(geometry, aligned_input, SmallWideConfig::kBlockPixels, &map);
+    case Shape::kSmallNarrow:
+      break;
+  }
+  return EncodeInputMap(geometry, aligned_input, SmallNarrowConfig::kBlockPixels, &map);
+#else
+  (void)geometry;
+  (void)num_sms;
+  return false;
+#endif
+}
+
 cudaError_t Sparse24Conv2DWgmma(HalfType type, const ConvGeometry& geometry,
                                 const void* input, const void* packed_values,
                                 const uint32_t* metadata, const void* bias,
@@ -522,8 +800,8 @@ cudaError_t Sparse24Conv2DWgmma(HalfType type, const ConvGeometry& geometry,
   const Params p = sparse24::MakeParams(geometry, input, packed_values, metadata, bias,
                                         activation, output);
   return type == HalfType::kFloat16
-             ? Launch<__half>(p, num_sms, workspace, workspace_bytes, stream)
-             : Launch<__nv_bfloat16>(p, num_sms, workspace, workspace_bytes, stream);
+             ? Launch<__half>(p, geometry, num_sms, workspace, workspace_bytes, stream)
+             : Launch<__nv_bfloat16>(p, geometry, num_sms, workspace, workspace_bytes, stream);
 }
 
 }  // namespace escort

@@ -28,6 +28,11 @@ cudaError_t PrepareSparse24Wgmma(bool* available);
 // device of `num_sms` multiprocessors (0: it does not split it).
 size_t Sparse24WgmmaWorkspaceBytes(const ConvGeometry& geometry, int num_sms);
 
+// Whether Sparse24Conv2DWgmma loads `geometry` with the copy engine (its TMA
+// kernel) rather than cp.async, for a 16-byte aligned input on a device of
+// `num_sms` multiprocessors; false in a build without the wgmma kernel.
+bool Sparse24WgmmaLoadsWithTma(const ConvGeometry& geometry, int num_sms);
+
 // As Sparse24Conv2DGpu, on a device PrepareSparse24Wgmma found available,
 // for NHWC geometries with C % kSparse24StepChannels == 0 and a nonempty
 // output.
