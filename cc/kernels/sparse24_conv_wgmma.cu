@@ -513,6 +513,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
       load_stage(next);
     }
+    // Warp 0 whole again before the .aligned wgmma instructions.
+    __syncwarp();
     MbarrierWait(full + 8 * (index % kStages), (index / kStages) & 1);
     const int valid_steps =
         kHalfLastStage && (first_stage + index) % stages_per_tap == stages_per_tap - 1
