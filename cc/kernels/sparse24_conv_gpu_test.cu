@@ -42,6 +42,9 @@ struct Case {
   ConvAttrs attrs;
   bool bias;
   Activation activation;
+  // On Hopper: 1 if the wgmma kernel must load this case with TMA, 0 if it
+  // must fall back to cp.async, -1 either.
+  int expect_tma = -1;
 };
 
 // 16-bit bits of `v` in `type`, and the float they stand for.
@@ -214,6 +217,16 @@ ConvAttrs Attrs(int64_t stride, int64_t dilation, Padding padding) {
   return a;
 }
 
+ConvAttrs Explicit(int64_t stride, int64_t dilation, int64_t top, int64_t bottom, int64_t left,
+                   int64_t right) {
+  ConvAttrs a = Attrs(stride, dilation, Padding::kExplicit);
+  a.explicit_top = top;
+  a.explicit_bottom = bottom;
+  a.explicit_left = left;
+  a.explicit_right = right;
+  return a;
+}
+
 bool CheckRejections(cudaStream_t stream) {
   bool ok = true;
   // Three nonzeros in one group of 4 channels: rejected, naming the place.
@@ -260,16 +273,8 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   std::mt19937 rng(seed);
   const Padding kSame = Padding::kSame, kValid = Padding::kValid;
-  ConvAttrs explicit_pad = Attrs(2, 1, Padding::kExplicit);
-  explicit_pad.explicit_top = 3;
-  explicit_pad.explicit_bottom = 0;
-  explicit_pad.explicit_left = 1;
-  explicit_pad.explicit_right = 2;
-  ConvAttrs dilated_explicit = Attrs(1, 2, Padding::kExplicit);
-  dilated_explicit.explicit_top = 0;
-  dilated_explicit.explicit_bottom = 3;
-  dilated_explicit.explicit_left = 2;
-  dilated_explicit.explicit_right = 1;
+  const ConvAttrs explicit_pad = Explicit(2, 1, 3, 0, 1, 2);
+  const ConvAttrs dilated_explicit = Explicit(1, 2, 0, 3, 2, 1);
   std::vector<Case> cases = {
       {"1x1", 2, 7, 9, 32, 16, 1, 1, Attrs(1, 1, kValid), false, Activation::kNone},
       {"3x3_same_relu", 1, 14, 14, 64, 64, 3, 3, Attrs(1, 1, kSame), true, Activation::kRelu},
@@ -306,6 +311,15 @@ int main(int argc, char** argv) {
       {"tma_1x1_stride2", 4, 28, 28, 256, 128, 1, 1, Attrs(2, 1, kValid), true, Activation::kNone},
       {"tma_partial_channel_block", 32, 28, 28, 96, 208, 3, 3, Attrs(1, 1, kSame), true, Activation::kRelu},
       {"tma_images_across_blocks", 5, 9, 11, 64, 128, 3, 3, Attrs(1, 1, kValid), false, Activation::kRelu},
+      // The edges of the copy engine's ranges, then just past them (cp.async):
+      // window corners at -128 and +127, tap offsets of 254 with a corner at
+      // -128, stride 8; padding 129, offsets 256, stride 9.
+      {"tma_corner_limits", 2, 3, 3, 64, 16, 1, 1, Explicit(1, 1, 128, 127, 128, 127), true, Activation::kNone, 1},
+      {"tma_offset_limit", 2, 4, 4, 64, 16, 3, 3, Explicit(1, 127, 126, 126, 126, 126), true, Activation::kNone, 1},
+      {"tma_stride8", 2, 61, 61, 64, 32, 3, 3, Attrs(8, 1, kSame), true, Activation::kNone, 1},
+      {"fallback_padding129", 2, 2, 2, 64, 16, 1, 1, Explicit(1, 1, 129, 0, 0, 0), true, Activation::kNone, 0},
+      {"fallback_offset256", 2, 4, 4, 64, 16, 3, 3, Explicit(1, 128, 128, 128, 128, 128), true, Activation::kNone, 0},
+      {"fallback_stride9", 2, 40, 40, 64, 32, 3, 3, Attrs(9, 1, kSame), true, Activation::kNone, 0},
   };
   std::uniform_int_distribution<int> small(1, 4), spatial(1, 20), chunks(1, 4),
       outs(1, 80), window(1, 5), stride(1, 3), dilation(1, 2), pad(0, 1);
@@ -329,6 +343,11 @@ int main(int argc, char** argv) {
     const bool tma = ComputeConvGeometry(c.N, c.H, c.W, c.C, c.R, c.S, c.C, c.K, c.attrs,
                                          &g).empty() &&
                      wgmma && Sparse24WgmmaLoadsWithTma(g, num_sms);
+    if (wgmma && c.expect_tma >= 0 && tma != (c.expect_tma == 1)) {
+      std::fprintf(stderr, "%s: expected the %s loads\n", c.name.c_str(),
+                   c.expect_tma == 1 ? "TMA" : "cp.async");
+      ++failures;
+    }
     for (HalfType type : {HalfType::kFloat16, HalfType::kBFloat16}) {
       ++run;
       tma_runs += tma;

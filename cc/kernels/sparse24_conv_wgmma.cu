@@ -621,11 +621,20 @@ bool EncodeInputMap(const ConvGeometry& g, const void* input, int block_pixels,
   static const auto encode = [] {
     void* function = nullptr;
     cudaDriverEntryPointQueryResult found;
-    return cudaGetDriverEntryPointByVersion("cuTensorMapEncodeIm2col", &function, 12000,
-                                            cudaEnableDefault, &found) == cudaSuccess &&
-                   found == cudaDriverEntryPointSuccess
-               ? reinterpret_cast<PFN_cuTensorMapEncodeIm2col_v12000>(function)
-               : nullptr;
+#if CUDART_VERSION >= 12050
+    const cudaError_t err = cudaGetDriverEntryPointByVersion(
+        "cuTensorMapEncodeIm2col", &function, 12000, cudaEnableDefault, &found);
+#else
+    const cudaError_t err = cudaGetDriverEntryPoint("cuTensorMapEncodeIm2col", &function,
+                                                    cudaEnableDefault, &found);
+#endif
+    if (err != cudaSuccess || found != cudaDriverEntryPointSuccess) {
+      // Not the caller's error: the cp.async kernel runs instead, and the
+      // launch status it reads must not be this one.
+      (void)cudaGetLastError();
+      return PFN_cuTensorMapEncodeIm2col_v12000{nullptr};
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeIm2col_v12000>(function);
   }();
   // The last output pixel's window start, relative to the last input pixel
   // (what the encoder calls the upper corner).
