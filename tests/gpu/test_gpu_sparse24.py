@@ -105,7 +105,17 @@ def test_random_configuration_matches_float64(seed, dtype_name):
     # ResNet-50's res5 3x3 at batch 1: on Hopper a grid of 4 blocks, split-K
     # into 16 parts in the op's workspace, bias and ReLU added after the parts.
     Case(1, 7, 7, 512, 512, 3, 3, (1, 1), (1, 1), "SAME", 0.5, activation="relu"),
-], ids=["single_pixel", "width_one", "7x7_stride2", "large_grid", "split_k_small_grid"])
+    # On Hopper, C >= 64 loads through the copy engine (im2col TMA): window
+    # corners at the ends of its 8-bit range (-128, +127), tap offsets of
+    # 254, C = 96 with strides and a partial channel block (K = 208); past
+    # its ranges (stride 9) the kernel falls back to cp.async loads.
+    Case(2, 3, 3, 64, 16, 1, 1, (1, 1), (1, 1), [[128, 127], [128, 127]], 0.5),
+    Case(2, 4, 4, 64, 16, 3, 3, (1, 1), (127, 127), [[126, 126], [126, 126]], 0.5),
+    Case(4, 30, 31, 96, 208, 3, 3, (2, 2), (1, 1), "SAME", 0.5, activation="relu"),
+    Case(2, 40, 40, 64, 32, 3, 3, (9, 9), (1, 1), "SAME", 0.5),
+], ids=["single_pixel", "width_one", "7x7_stride2", "large_grid", "split_k_small_grid",
+        "tma_window_corner_limits", "tma_tap_offset_limit", "tma_c96_strided_partial_block",
+        "stride9_cp_async_fallback"])
 def test_named_case_matches_float64(case, dtype_name):
     _check_case(case, dtype_name, np.random.default_rng(3))
 
