@@ -7,12 +7,15 @@
 // A block has kWgM x kWgN warpgroups; warpgroup (wm, wn) computes output
 // channels 64 wm .. 64 wm + 63 of the block for its 128 pixels 128 wn ...
 // A pipeline stage holds one filter tap and 64 input channels (two k32
-// steps): B, the block's pixels x 64 channels gathered from the NHWC input
-// with cp.async (8 threads per 128-byte pixel row, so every request reads
-// whole sectors), stored K-major with the 128-byte swizzle the wgmma
-// descriptor names; A and its metadata in the fragment order of
-// sparse24_conv.h, which is, per warp, the register layout wgmma.sp takes
-// for A (warp w of a warpgroup holds rows 16 w .. 16 w + 15).
+// steps): B, the block's pixels x 64 channels of the NHWC input, stored
+// K-major with the 128-byte swizzle the wgmma descriptor names; A and its
+// metadata in the fragment order of sparse24_conv.h, which is, per warp, the
+// register layout wgmma.sp takes for A (warp w of a warpgroup holds rows
+// 16 w .. 16 w + 15). Two kernels fill the stages: Sparse24TmaKernel with
+// the copy engine (one im2col TMA load for B, bulk copies for A), wherever
+// the input's tensor map can be encoded, and Sparse24WgmmaKernel with
+// cp.async (B gathered by 8 threads per 128-byte pixel row, so every request
+// reads whole sectors) everywhere else.
 #include "cc/kernels/sparse24_conv_wgmma.h"
 
 #include <cuda.h>  // CUtensorMap and its encoder's signature: types only
@@ -603,6 +606,10 @@ int64_t PartialsBytes(const Params& p, const Plan& plan) {
   return plan.splits > 1 ? int64_t{plan.splits} * p.num_pixels * p.K * 4 : 0;
 }
 
+// A 4-D im2col load's tap offsets are 8-bit (PTX ISA; CUTLASS asks for
+// (R - 1) x dilation < 255 likewise).
+constexpr int64_t kMaxIm2colOffset = 254;
+
 // The TMA kernel's view of the NHWC input (Sparse24TmaKernel): 16-bit
 // elements, dims (C, W, H, N) innermost first; im2col boxes of 64 channels x
 // `block_pixels` pixels, whose windows start at the positions the output
@@ -610,12 +617,10 @@ int64_t PartialsBytes(const Params& p, const Plan& plan) {
 // window, walked with the conv's strides), zero filled outside, with the
 // 128-byte swizzle. Returns false where the geometry is outside what the
 // copy engine offers (padding or a window corner beyond +-128 pixels, a
-// window wider than 255 pixels, a stride above 8, C below one box) or the encoder is missing or refuses; the
-// cp.async kernel then runs. cuTensorMapEncodeIm2col is a driver function,
-// which the runtime hands out, so the op links no libcuda.
-// A 4-D im2col load's tap offsets are 8-bit (PTX ISA; CUTLASS asks for
-// (R - 1) x dilation < 255 likewise).
-constexpr int64_t kMaxIm2colOffset = 254;
+// window wider than 255 pixels, a stride above 8, C below one box) or the
+// encoder is missing or refuses; the cp.async kernel then runs.
+// cuTensorMapEncodeIm2col is a driver function, which the runtime hands
+// out, so the op links no libcuda.
 bool EncodeInputMap(const ConvGeometry& g, const void* input, int block_pixels,
                     CUtensorMap* map) {
   static const auto encode = [] {
@@ -643,7 +648,8 @@ bool EncodeInputMap(const ConvGeometry& g, const void* input, int block_pixels,
   const auto corner = [](int64_t v) { return v >= -128 && v <= 127; };
   if (encode == nullptr || g.C < kStageChannels || g.stride_h > 8 || g.stride_w > 8 ||
       !corner(-g.pad_top) || !corner(-g.pad_left) || !corner(upper_h) || !corner(upper_w) ||
-      (g.R - 1) * g.dilation_h > kMaxIm2colOffset || (g.S - 1) * g.dilation_w > kMaxIm2colOffset ||
+      (g.R - 1) * g.dilation_h > kMaxIm2colOffset ||
+      (g.S - 1) * g.dilation_w > kMaxIm2colOffset ||
       reinterpret_cast<uintptr_t>(input) % 16 != 0) {
     return false;
   }
