@@ -170,6 +170,32 @@ __device__ __forceinline__ void FenceOperands(float (&acc)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(acc[i])::"memory");
 }
 
+// Where a block's stages start (on a 1024-byte boundary of the shared
+// address space, where the swizzle pattern repeats), and where this thread
+// and block sit in the product. Blocks that share pixels are adjacent, so
+// that their common input is read from DRAM once and then from L2.
+template <typename Cfg>
+struct BlockPlace {
+  uint32_t base;
+  unsigned char* smem;
+  int tid, lane, warp_in_group, wm, wn, first_tile, first_pixel;
+
+  __device__ __forceinline__ BlockPlace(unsigned char* smem_raw, const Params& p) {
+    const uint32_t raw_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+    base = (raw_base + kSwizzleBytes - 1) & ~uint32_t{kSwizzleBytes - 1};
+    smem = smem_raw + (base - raw_base);
+    tid = threadIdx.x;
+    lane = tid % 32;
+    const int warp = tid / 32, warpgroup = warp / 4;
+    warp_in_group = warp % 4;
+    wm = warpgroup % Cfg::kWgM;
+    wn = warpgroup / Cfg::kWgM;
+    const int channel_blocks = (p.num_tiles + Cfg::kBlockTiles - 1) / Cfg::kBlockTiles;
+    first_tile = static_cast<int>(blockIdx.x % channel_blocks) * Cfg::kBlockTiles;
+    first_pixel = static_cast<int>(blockIdx.x / channel_blocks) * Cfg::kBlockPixels;
+  }
+};
+
 // The copy engine's side (the TMA kernel): mbarriers that complete when
 // their expected bytes have landed, and the two copies that land them.
 __device__ __forceinline__ void MbarrierInit(uint32_t barrier, uint32_t arrivals) {
@@ -299,21 +325,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     Sparse24WgmmaKernel(const Params p) {
 #ifdef ESCORT_WGMMA_BODY
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const uint32_t raw_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
-  // The swizzle pattern repeats on 1024-byte boundaries of the shared
-  // address space, so the stages start on one.
-  const uint32_t base = (raw_base + kSwizzleBytes - 1) & ~uint32_t{kSwizzleBytes - 1};
-  unsigned char* smem = smem_raw + (base - raw_base);
+  const BlockPlace<Cfg> place(smem_raw, p);
+  const uint32_t base = place.base;
+  unsigned char* smem = place.smem;
+  const int tid = place.tid, lane = place.lane, warp_in_group = place.warp_in_group;
+  const int wm = place.wm, wn = place.wn;
+  const int first_tile = place.first_tile, first_pixel = place.first_pixel;
   int4* row_source = reinterpret_cast<int4*>(smem + Cfg::kPipeBytes);
-
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int warpgroup = warp / 4, warp_in_group = warp % 4;
-  const int wm = warpgroup % Cfg::kWgM, wn = warpgroup / Cfg::kWgM;
-  // Blocks that share pixels run side by side, so that their common input
-  // is read from DRAM once and then from L2.
-  const int channel_blocks = (p.num_tiles + Cfg::kBlockTiles - 1) / Cfg::kBlockTiles;
-  const int first_tile = static_cast<int>(blockIdx.x % channel_blocks) * Cfg::kBlockTiles;
-  const int first_pixel = static_cast<int>(blockIdx.x / channel_blocks) * Cfg::kBlockPixels;
 
   // Each B row's source: the first input pixel of its image, the window's
   // top-left corner, and whether the row is an output pixel at all.
@@ -427,19 +445,15 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     Sparse24TmaKernel(const Params p, const __grid_constant__ CUtensorMap input_map) {
 #ifdef ESCORT_WGMMA_BODY
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const uint32_t raw_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
-  const uint32_t base = (raw_base + kSwizzleBytes - 1) & ~uint32_t{kSwizzleBytes - 1};
-  unsigned char* smem = smem_raw + (base - raw_base);
+  const BlockPlace<Cfg> place(smem_raw, p);
+  const uint32_t base = place.base;
+  unsigned char* smem = place.smem;
+  const int tid = place.tid, lane = place.lane, warp_in_group = place.warp_in_group;
+  const int wm = place.wm, wn = place.wn;
+  const int first_tile = place.first_tile, first_pixel = place.first_pixel;
   // One mbarrier per stage buffer, past the pipeline (which the output tile
   // shares): buffer b's j-th load completes its phase j, parity j & 1.
   const uint32_t full = base + Cfg::kPipeBytes;
-
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int warpgroup = warp / 4, warp_in_group = warp % 4;
-  const int wm = warpgroup % Cfg::kWgM, wn = warpgroup / Cfg::kWgM;
-  const int channel_blocks = (p.num_tiles + Cfg::kBlockTiles - 1) / Cfg::kBlockTiles;
-  const int first_tile = static_cast<int>(blockIdx.x % channel_blocks) * Cfg::kBlockTiles;
-  const int first_pixel = static_cast<int>(blockIdx.x / channel_blocks) * Cfg::kBlockPixels;
   if (tid == 0) {
     for (int stage = 0; stage < Cfg::kStages; ++stage) MbarrierInit(full + 8 * stage, 1);
     // Visible to the copy engine before its first complete_tx.
