@@ -245,12 +245,12 @@ __device__ __forceinline__ void Im2colLoad(uint32_t dst, const CUtensorMap* map,
 // steps (all but where a tap's last stage is half empty), left in flight.
 template <typename T, typename Cfg>
 __device__ __forceinline__ void MultiplyStage(float (&acc)[Cfg::kWgPixels / 2],
-                                              const unsigned char* smem, uint32_t base,
-                                              int stage, int tile_in_block, int lane, int wn,
+                                              const BlockPlace<Cfg>& place, int stage,
                                               int valid_steps) {
+  const int tile_in_block = place.wm * 4 + place.warp_in_group, lane = place.lane;
   WgmmaWait<0>();
   FenceOperands(acc);
-  const unsigned char* stage_ptr = smem + stage * Cfg::kStageBytes;
+  const unsigned char* stage_ptr = place.smem + stage * Cfg::kStageBytes;
   const uint4* a_frags = reinterpret_cast<const uint4*>(stage_ptr + Cfg::kBStageBytes);
   const uint32_t* metas =
       reinterpret_cast<const uint32_t*>(stage_ptr + Cfg::kBStageBytes + Cfg::kAStageBytes);
@@ -261,7 +261,8 @@ __device__ __forceinline__ void MultiplyStage(float (&acc)[Cfg::kWgPixels / 2],
     a[sub] = a_frags[(sub * Cfg::kBlockTiles + tile_in_block) * 32 + lane];
     e[sub] = metas[(sub * Cfg::kBlockTiles + tile_in_block) * 32 + lane];
   }
-  const uint32_t b_base = base + stage * Cfg::kStageBytes + wn * Cfg::kWgPixels * kRowBytes;
+  const uint32_t b_base =
+      place.base + stage * Cfg::kStageBytes + place.wn * Cfg::kWgPixels * kRowBytes;
   WgmmaFence();
 #pragma unroll
   for (int sub = 0; sub < Cfg::kSubSteps; ++sub) {
@@ -276,35 +277,33 @@ __device__ __forceinline__ void MultiplyStage(float (&acc)[Cfg::kWgPixels / 2],
 template <typename T, typename Cfg>
 __device__ __forceinline__ void StoreAccumulators(const Params& p,
                                                   const float (&acc)[Cfg::kWgPixels / 2],
-                                                  unsigned char* smem, int first_pixel,
-                                                  int first_tile, int wm, int wn,
-                                                  int warp_in_group, int lane) {
-  // acc[4 j + 2 h + c]: channel 16 warp_in_group + g + 8 h of the
+                                                  const BlockPlace<Cfg>& place) {
+  // acc[4 j + 2 h + c]: channel 16 place.warp_in_group + g + 8 h of the
   // warpgroup's 64, pixel 8 j + 2 t + c of its kWgPixels.
-  const int g = lane / 4, t = lane % 4;
+  const int g = place.lane / 4, t = place.lane % 4;
   // Split-K writes this part's fp32 sums, before bias and activation, to
   // partials[part][pixel][K]; otherwise the tile goes through shared memory.
   const bool split = Cfg::kSplitK && p.partials != nullptr;
   float* partials = split ? p.partials + static_cast<int64_t>(blockIdx.y) * p.num_pixels * p.K
                           : nullptr;
-  uint16_t* out_tile = reinterpret_cast<uint16_t*>(smem);
+  uint16_t* out_tile = reinterpret_cast<uint16_t*>(place.smem);
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const int k_local = wm * 64 + warp_in_group * 16 + g + 8 * h;
-    const int k = first_tile * static_cast<int>(kSparse24TileRows) + k_local;
+    const int k_local = place.wm * 64 + place.warp_in_group * 16 + g + 8 * h;
+    const int k = place.first_tile * static_cast<int>(kSparse24TileRows) + k_local;
     const float bias =
         (!split && p.bias != nullptr && k < p.K) ? sparse24::ToFloat<T>(p.bias[k]) : 0.f;
 #pragma unroll
     for (int j = 0; j < Cfg::kWgPixels / 8; ++j) {
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
-        const int px_local = wn * Cfg::kWgPixels + j * 8 + 2 * t + c;
+        const int px_local = place.wn * Cfg::kWgPixels + j * 8 + 2 * t + c;
         const float sum = acc[4 * j + 2 * h + c];
         if (!split) {
           out_tile[px_local * Cfg::kOutRowHalves + k_local] =
               sparse24::FromFloat<T>(sparse24::Activate(sum + bias, p.activation));
-        } else if (k < p.K && first_pixel + px_local < p.num_pixels) {
-          partials[static_cast<int64_t>(first_pixel + px_local) * p.K + k] = sum;
+        } else if (k < p.K && place.first_pixel + px_local < p.num_pixels) {
+          partials[static_cast<int64_t>(place.first_pixel + px_local) * p.K + k] = sum;
         }
       }
     }
@@ -312,8 +311,8 @@ __device__ __forceinline__ void StoreAccumulators(const Params& p,
   if (split) return;
   __syncthreads();
   sparse24::StoreOutputTile<Cfg::kBlockPixels, Cfg::kBlockRows, Cfg::kThreads>(
-      p, out_tile, Cfg::kOutRowHalves, first_pixel,
-      first_tile * static_cast<int>(kSparse24TileRows));
+      p, out_tile, Cfg::kOutRowHalves, place.first_pixel,
+      place.first_tile * static_cast<int>(kSparse24TileRows));
 }
 #endif  // ESCORT_WGMMA_BODY
 
@@ -326,18 +325,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 #ifdef ESCORT_WGMMA_BODY
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const BlockPlace<Cfg> place(smem_raw, p);
-  const uint32_t base = place.base;
-  unsigned char* smem = place.smem;
-  const int tid = place.tid, lane = place.lane, warp_in_group = place.warp_in_group;
-  const int wm = place.wm, wn = place.wn;
-  const int first_tile = place.first_tile, first_pixel = place.first_pixel;
-  int4* row_source = reinterpret_cast<int4*>(smem + Cfg::kPipeBytes);
+  int4* row_source = reinterpret_cast<int4*>(place.smem + Cfg::kPipeBytes);
 
   // Each B row's source: the first input pixel of its image, the window's
   // top-left corner, and whether the row is an output pixel at all.
   const int image_pixels = p.P * p.Q;
-  for (int row = tid; row < Cfg::kBlockPixels; row += Cfg::kThreads) {
-    const int pixel = first_pixel + row;
+  for (int row = place.tid; row < Cfg::kBlockPixels; row += Cfg::kThreads) {
+    const int pixel = place.first_pixel + row;
     int4 source = make_int4(0, 0, 0, 0);
     if (pixel < p.num_pixels) {
       const int n = pixel / image_pixels, rest = pixel % image_pixels;
@@ -358,12 +352,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   tap.r = first_stage / stages_per_tap / p.S;
   tap.s = first_stage / stages_per_tap % p.S;
   tap.c = first_stage % stages_per_tap * kStageChannels;
-  const int chunk = tid % 8;  // this thread's 16 bytes of every row it stages
+  const int chunk = place.tid % 8;  // this thread's 16 bytes of every row it stages
   auto load_stage = [&](int index, int stage) {
-    const uint32_t stage_base = base + stage * Cfg::kStageBytes;
+    const uint32_t stage_base = place.base + stage * Cfg::kStageBytes;
 #pragma unroll
     for (int i = 0; i < Cfg::kRowsPerThread; ++i) {
-      const int row = tid / 8 + i * (Cfg::kThreads / 8);
+      const int row = place.tid / 8 + i * (Cfg::kThreads / 8);
       const int4 source = row_source[row];
       const int ih = source.y + tap.r * p.dilation_h;
       const int iw = source.z + tap.s * p.dilation_w;
@@ -389,7 +383,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     tap.Advance(kStageChannels, p);
     sparse24::StageFilter<Cfg::kSubSteps, Cfg::kBlockTiles, Cfg::kThreads>(
         p, stage_base + Cfg::kBStageBytes, stage_base + Cfg::kBStageBytes + Cfg::kAStageBytes,
-        first_step, valid_steps, first_tile);
+        first_step, valid_steps, place.first_tile);
   };
 
   // A stage's wgmma stays in flight while the next stage is waited for, its
@@ -407,7 +401,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     if (s < num_stage_loads) load_stage(s, s);
     sparse24::CpAsyncCommit();
   }
-  const int tile_in_block = wm * 4 + warp_in_group;
   for (int index = 0; index < num_stage_loads; ++index) {
     sparse24::CpAsyncWait<kAhead - 1>();
     // cp.async writes through the generic proxy and wgmma reads through the
@@ -420,16 +413,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     if (next < num_stage_loads) load_stage(next, next % kStages);
     sparse24::CpAsyncCommit();
 
-    MultiplyStage<T, Cfg>(acc, smem, base, index % kStages, tile_in_block, lane, wn,
-                          Cfg::kSubSteps);
+    MultiplyStage<T, Cfg>(acc, place, index % kStages, Cfg::kSubSteps);
   }
   WgmmaWait<0>();
   FenceOperands(acc);
   sparse24::CpAsyncWait<0>();
   __syncthreads();
 
-  StoreAccumulators<T, Cfg>(p, acc, smem, first_pixel, first_tile, wm, wn, warp_in_group,
-                            lane);
+  StoreAccumulators<T, Cfg>(p, acc, place);
 #endif  // ESCORT_WGMMA_BODY
 }
 
@@ -446,15 +437,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 #ifdef ESCORT_WGMMA_BODY
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const BlockPlace<Cfg> place(smem_raw, p);
-  const uint32_t base = place.base;
-  unsigned char* smem = place.smem;
-  const int tid = place.tid, lane = place.lane, warp_in_group = place.warp_in_group;
-  const int wm = place.wm, wn = place.wn;
-  const int first_tile = place.first_tile, first_pixel = place.first_pixel;
   // One mbarrier per stage buffer, past the pipeline (which the output tile
   // shares): buffer b's j-th load completes its phase j, parity j & 1.
-  const uint32_t full = base + Cfg::kPipeBytes;
-  if (tid == 0) {
+  const uint32_t full = place.base + Cfg::kPipeBytes;
+  if (place.tid == 0) {
     for (int stage = 0; stage < Cfg::kStages; ++stage) MbarrierInit(full + 8 * stage, 1);
     // Visible to the copy engine before its first complete_tx.
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -469,12 +455,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   // the following pixels through the map's bounding box (across rows and
   // images), so one box is the block's B whatever its pixels' positions.
   const int image_pixels = p.P * p.Q;
-  const int first_image = first_pixel / image_pixels, first_rest = first_pixel % image_pixels;
+  const int first_image = place.first_pixel / image_pixels;
+  const int first_rest = place.first_pixel % image_pixels;
   const int window_h = first_rest / p.Q * p.stride_h - p.pad_top;
   const int window_w = first_rest % p.Q * p.stride_w - p.pad_left;
   // The block's tiles past K (a partial last channel block) get copies of
   // the last tile, never stored, so that every fragment is well formed.
-  const int valid_tiles = min(Cfg::kBlockTiles, p.num_tiles - first_tile);
+  const int valid_tiles = min(Cfg::kBlockTiles, p.num_tiles - place.first_tile);
   constexpr uint32_t kTileABytes = 32 * 16, kTileMetaBytes = 32 * 4;
   // Stage `index` of this block into buffer index % kStages (thread 0).
   auto load_stage = [&](int index) {
@@ -484,7 +471,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     const int valid_steps =
         kHalfLastStage ? min(Cfg::kSubSteps, (p.C - c) / static_cast<int>(kSparse24StepChannels))
                        : Cfg::kSubSteps;
-    const uint32_t stage_base = base + (index % Cfg::kStages) * Cfg::kStageBytes;
+    const uint32_t stage_base = place.base + (index % Cfg::kStages) * Cfg::kStageBytes;
     const uint32_t barrier = full + 8 * (index % Cfg::kStages);
     MbarrierArriveExpectTx(barrier, Cfg::kBStageBytes + valid_steps * Cfg::kBlockTiles *
                                                             (kTileABytes + kTileMetaBytes));
@@ -493,7 +480,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
                static_cast<uint16_t>(tap / p.S * p.dilation_h), barrier);
     const int64_t first_step = (static_cast<int64_t>(tap) * p.C + c) / kSparse24StepChannels;
     for (int sub = 0; sub < valid_steps; ++sub) {
-      const int64_t fragment = ((first_step + sub) * p.num_tiles + first_tile) * 32;
+      const int64_t fragment = ((first_step + sub) * p.num_tiles + place.first_tile) * 32;
       const uint32_t a_dst = stage_base + Cfg::kBStageBytes + sub * Cfg::kBlockTiles * kTileABytes;
       const uint32_t meta_dst = stage_base + Cfg::kBStageBytes + Cfg::kAStageBytes +
                                 sub * Cfg::kBlockTiles * kTileMetaBytes;
@@ -516,16 +503,15 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   float acc[Cfg::kWgPixels / 2];
 #pragma unroll
   for (int i = 0; i < Cfg::kWgPixels / 2; ++i) acc[i] = 0.f;
-  if (tid == 0) {
+  if (place.tid == 0) {
     for (int s = 0; s < kAhead && s < num_stage_loads; ++s) load_stage(s);
   }
-  const int tile_in_block = wm * 4 + warp_in_group;
   for (int index = 0; index < num_stage_loads; ++index) {
     // Every warpgroup retired stage index - 2's wgmma before this barrier,
     // so its buffer may be refilled.
     __syncthreads();
     const int next = index + kAhead;
-    if (tid == 0 && next < num_stage_loads) {
+    if (place.tid == 0 && next < num_stage_loads) {
       // The buffer was last read through the generic proxy (the A loads).
       asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
       load_stage(next);
@@ -537,14 +523,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         kHalfLastStage && (first_stage + index) % stages_per_tap == stages_per_tap - 1
             ? 1
             : Cfg::kSubSteps;
-    MultiplyStage<T, Cfg>(acc, smem, base, index % kStages, tile_in_block, lane, wn,
-                          valid_steps);
+    MultiplyStage<T, Cfg>(acc, place, index % kStages, valid_steps);
   }
   WgmmaWait<0>();
   FenceOperands(acc);
   __syncthreads();
-  StoreAccumulators<T, Cfg>(p, acc, smem, first_pixel, first_tile, wm, wn, warp_in_group,
-                            lane);
+  StoreAccumulators<T, Cfg>(p, acc, place);
 #endif  // ESCORT_WGMMA_BODY
 }
 
