@@ -57,8 +57,6 @@ def plot_models(report, path):
 def plot_layers(report, path):
     batches = sorted({row["batch"] for row in report["layers"]})
     fig, axes = plt.subplots(len(batches), 1, figsize=(12, 3.6 * len(batches)), squeeze=False)
-    if report["layers"] and "gpu_time_speedup_f16_vs_cudnn_f16" in report["layers"][0]:
-        series["f16 vs cuDNN f16, GPU time"] = "gpu_time_speedup_f16_vs_cudnn_f16"
     for ax, batch in zip(axes[:, 0], batches):
         rows = [row for row in report["layers"] if row["batch"] == batch]
         names = [row["layer"] for row in rows]
@@ -67,6 +65,9 @@ def plot_layers(report, path):
                   "standalone kernel / in TF": [1 / row["tf_over_standalone"]
                                                 if "tf_over_standalone" in row else np.nan
                                                 for row in rows]}
+        if all("gpu_time_speedup_vs_cudnn_tf32" in row for row in rows):
+            series["vs cuDNN TF32, GPU time"] = [row["gpu_time_speedup_vs_cudnn_tf32"]
+                                                 for row in rows]
         _grouped_bars(ax, names, series)
         _speedup_axis(ax, names, "ratio")
         ax.set_title(f"escort op in TensorFlow, batch {batch}")
