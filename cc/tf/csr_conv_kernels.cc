@@ -1,5 +1,5 @@
-// Input validation shared by all devices, and the CPU OpKernel of
-// Escort>CsrConv2D.
+// Input validation shared by all devices, and the CPU OpKernels of
+// Escort>CsrConv2D and Escort>CsrConv2DV2.
 #include "cc/tf/csr_conv_kernels.h"
 
 #include <algorithm>
@@ -130,7 +130,9 @@ absl::Status ToFloat(OpKernelContext* context, const Tensor& tensor,
   }
 }
 
-template <typename T>
+// T: the input's and output's type; U: the values' and bias's (T, or float
+// for V2's mixed precision).
+template <typename T, typename U>
 class CsrConv2DCpuOp : public CsrConv2DOpBase {
  public:
   explicit CsrConv2DCpuOp(OpKernelConstruction* context)
@@ -147,8 +149,8 @@ class CsrConv2DCpuOp : public CsrConv2DOpBase {
 
     Tensor input, values, bias;
     OP_REQUIRES_OK(context, ToFloat<T>(context, context->input(0), &input));
-    OP_REQUIRES_OK(context, ToFloat<T>(context, context->input(3), &values));
-    OP_REQUIRES_OK(context, ToFloat<T>(context, context->input(4), &bias));
+    OP_REQUIRES_OK(context, ToFloat<U>(context, context->input(3), &values));
+    OP_REQUIRES_OK(context, ToFloat<U>(context, context->input(4), &bias));
     Tensor float_output = *output;
     if constexpr (!std::is_same_v<T, float>) {
       OP_REQUIRES_OK(context, context->allocate_temp(
@@ -182,10 +184,22 @@ class CsrConv2DCpuOp : public CsrConv2DOpBase {
   }
 };
 
+#define REGISTER_CPU(T, U)                                               \
+  REGISTER_KERNEL_BUILDER(Name("Escort>CsrConv2DV2")                     \
+                              .Device(DEVICE_CPU)                        \
+                              .TypeConstraint<T>("T")                    \
+                              .TypeConstraint<U>("U"),                   \
+                          CsrConv2DCpuOp<T, U>)
+REGISTER_CPU(float, float);
+REGISTER_CPU(Eigen::half, Eigen::half);
+REGISTER_CPU(Eigen::half, float);
+REGISTER_CPU(Eigen::bfloat16, Eigen::bfloat16);
+REGISTER_CPU(Eigen::bfloat16, float);
+#undef REGISTER_CPU
 #define REGISTER_CPU(T)                                                    \
   REGISTER_KERNEL_BUILDER(                                                 \
       Name("Escort>CsrConv2D").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
-      CsrConv2DCpuOp<T>)
+      CsrConv2DCpuOp<T, T>)
 REGISTER_CPU(float);
 REGISTER_CPU(Eigen::half);
 REGISTER_CPU(Eigen::bfloat16);

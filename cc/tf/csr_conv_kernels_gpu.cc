@@ -1,5 +1,5 @@
-// GPU OpKernels of Escort>CsrConv2D. Built only in the GPU flavour
-// (GOOGLE_CUDA=1).
+// GPU OpKernels of Escort>CsrConv2D and Escort>CsrConv2DV2. Built only in
+// the GPU flavour (GOOGLE_CUDA=1).
 //
 // row_offsets and column_indices are host-memory inputs, so that they are
 // validated on the host before anything is launched. Validating and
@@ -17,7 +17,8 @@
 // validated, and kept with them. The values packed into that layout are
 // kept the same way, with a reference to the values buffer they came from,
 // so a layer whose values tensor is the same buffer call after call (a
-// variable read, a constant) packs them once.
+// variable read, a constant) packs them once. V2's float values and bias
+// (mixed precision) are rounded to the 16-bit type then, and kept so too.
 #if GOOGLE_CUDA
 #ifndef EIGEN_USE_GPU
 #define EIGEN_USE_GPU  // Eigen::GpuDevice, for the op's stream
@@ -75,16 +76,24 @@ struct DeviceFilter {
 };
 
 // A 2:4 filter's values in its tensor-core layout, packed on the device from
-// the values buffer referenced here. The reference makes TensorFlow copy
-// that buffer before updating a variable in place, as for the indices.
+// the values buffer referenced here, and for a float bias of a 16-bit op
+// (V2) that bias rounded to the op's type. The references make TensorFlow
+// copy those buffers before updating a variable in place, as for the
+// indices.
 struct PackedValues {
   std::shared_ptr<const DeviceFilter> filter;
   Tensor source_values;
   Tensor packed;  // device memory, DeviceFilter::sparse24_value_index's size
+  Tensor source_bias, rounded_bias;  // empty unless a bias was rounded
 
+  // `round_bias`: whether this call's bias needs rounding (and so must be
+  // the buffer rounded_bias came from).
   bool Serves(const std::shared_ptr<const DeviceFilter>& filter_in,
-              const Tensor& values_in) const {
-    return filter == filter_in && IsKeptBuffer(source_values, values_in);
+              const Tensor& values_in, const Tensor& bias_in,
+              bool round_bias) const {
+    return filter == filter_in && IsKeptBuffer(source_values, values_in) &&
+           (!round_bias || (rounded_bias.NumElements() > 0 &&
+                            IsKeptBuffer(source_bias, bias_in)));
   }
 };
 
@@ -135,7 +144,9 @@ absl::Status AsFloat(OpKernelContext* context, const Tensor& tensor,
   }
 }
 
-template <typename T>
+// T: the input's and output's type; U: the values' and bias's (T, or float
+// for V2's mixed precision).
+template <typename T, typename U>
 class CsrConv2DGpuOp : public CsrConv2DOpBase {
  public:
   explicit CsrConv2DGpuOp(OpKernelConstruction* context)
@@ -168,9 +179,9 @@ class CsrConv2DGpuOp : public CsrConv2DOpBase {
     Tensor input, values, bias, float_output = *output;
     OP_REQUIRES_OK(context, AsFloat<T>(context, context->input(0), stream,
                                        &input));
-    OP_REQUIRES_OK(context, AsFloat<T>(context, context->input(3), stream,
+    OP_REQUIRES_OK(context, AsFloat<U>(context, context->input(3), stream,
                                        &values));
-    OP_REQUIRES_OK(context, AsFloat<T>(context, context->input(4), stream,
+    OP_REQUIRES_OK(context, AsFloat<U>(context, context->input(4), stream,
                                        &bias));
     if constexpr (!std::is_same_v<T, float>) {
       OP_REQUIRES_OK(context, context->allocate_temp(
@@ -296,19 +307,23 @@ class CsrConv2DGpuOp : public CsrConv2DOpBase {
                                    "op: ", why_not);
   }
 
-  // This call's values in the 2:4 layout of `filter`: the cached ones when
-  // they were packed from the same values buffer for the same filter, else
-  // newly packed ones, which then replace them. Shared and kept alive as in
-  // GetFilter; the packing is ordered on the stream before any launch that
-  // reads it.
+  // This call's values in the 2:4 layout of `filter` (and V2's float bias
+  // rounded to T): the cached ones when they came from the same buffers for
+  // the same filter, else new ones, which then replace them. Shared and kept
+  // alive as in GetFilter; the packing is ordered on the stream before any
+  // launch that reads it.
   absl::Status GetPackedValues(OpKernelContext* context,
                                std::shared_ptr<const DeviceFilter> filter,
                                cudaStream_t stream,
                                std::shared_ptr<const PackedValues>* packed) {
     const Tensor& values = context->input(3);
+    const Tensor& bias = context->input(4);
+    constexpr bool kRounds = !std::is_same_v<T, U>;
+    const bool round_bias = kRounds && bias.NumElements() > 0;
     {
       tf_shared_lock lock(mu_);
-      if (packed_values_ != nullptr && packed_values_->Serves(filter, values)) {
+      if (packed_values_ != nullptr &&
+          packed_values_->Serves(filter, values, bias, round_bias)) {
         *packed = packed_values_;
         return absl::OkStatus();
       }
@@ -316,6 +331,28 @@ class CsrConv2DGpuOp : public CsrConv2DOpBase {
     auto fresh = std::make_shared<PackedValues>();
     fresh->filter = filter;
     fresh->source_values = values;
+    const void* packable_values = values.data();
+    Tensor rounded_values;
+    if constexpr (kRounds) {
+      TF_RETURN_IF_ERROR(context->allocate_temp(DataTypeToEnum<T>::value,
+                                                values.shape(), &rounded_values));
+      TF_RETURN_IF_ERROR(CudaStatus(
+          escort::FloatToHalfGpu(HalfTypeOf<T>(), values.flat<float>().data(),
+                                 rounded_values.data(), values.NumElements(),
+                                 stream),
+          "rounding the float filter values"));
+      packable_values = rounded_values.data();
+      if (round_bias) {
+        fresh->source_bias = bias;
+        TF_RETURN_IF_ERROR(context->allocate_temp(
+            DataTypeToEnum<T>::value, bias.shape(), &fresh->rounded_bias));
+        TF_RETURN_IF_ERROR(CudaStatus(
+            escort::FloatToHalfGpu(HalfTypeOf<T>(), bias.flat<float>().data(),
+                                   fresh->rounded_bias.data(),
+                                   bias.NumElements(), stream),
+            "rounding the float bias"));
+      }
+    }
     const int64_t num_packed = filter->sparse24_value_index.NumElements();
     TF_RETURN_IF_ERROR(context->allocate_temp(DataTypeToEnum<T>::value,
                                               TensorShape({num_packed}),
@@ -323,7 +360,7 @@ class CsrConv2DGpuOp : public CsrConv2DOpBase {
     TF_RETURN_IF_ERROR(CudaStatus(
         escort::PackSparse24ValuesGpu(
             filter->sparse24_value_index.flat<int32_t>().data(), num_packed,
-            values.data(), fresh->packed.data(), stream),
+            packable_values, fresh->packed.data(), stream),
         "packing the 2:4 filter values"));
     mutex_lock lock(mu_);
     packed_values_ = fresh;
@@ -349,7 +386,8 @@ class CsrConv2DGpuOp : public CsrConv2DOpBase {
           DT_INT8, TensorShape({static_cast<int64_t>(workspace_bytes)}),
           &workspace));
     }
-    const Tensor& bias = context->input(4);
+    const Tensor& bias = std::is_same_v<T, U> ? context->input(4)
+                                              : packed->rounded_bias;
     return CudaStatus(
         escort::Sparse24Conv2DGpu(
             HalfTypeOf<T>(), geometry, context->input(0).data(),
@@ -367,16 +405,30 @@ class CsrConv2DGpuOp : public CsrConv2DOpBase {
   std::shared_ptr<const PackedValues> packed_values_ TF_GUARDED_BY(mu_);
 };
 
-#define REGISTER_GPU(T)                                   \
-  REGISTER_KERNEL_BUILDER(Name("Escort>CsrConv2D")        \
-                              .Device(DEVICE_GPU)         \
-                              .TypeConstraint<T>("T")     \
-                              .HostMemory("row_offsets")  \
+#define REGISTER_GPU(T)                                      \
+  REGISTER_KERNEL_BUILDER(Name("Escort>CsrConv2D")           \
+                              .Device(DEVICE_GPU)            \
+                              .TypeConstraint<T>("T")        \
+                              .HostMemory("row_offsets")     \
                               .HostMemory("column_indices"), \
-                          CsrConv2DGpuOp<T>)
+                          CsrConv2DGpuOp<T, T>)
 REGISTER_GPU(float);
 REGISTER_GPU(Eigen::half);
 REGISTER_GPU(Eigen::bfloat16);
+#undef REGISTER_GPU
+#define REGISTER_GPU(T, U)                                   \
+  REGISTER_KERNEL_BUILDER(Name("Escort>CsrConv2DV2")         \
+                              .Device(DEVICE_GPU)            \
+                              .TypeConstraint<T>("T")        \
+                              .TypeConstraint<U>("U")        \
+                              .HostMemory("row_offsets")     \
+                              .HostMemory("column_indices"), \
+                          CsrConv2DGpuOp<T, U>)
+REGISTER_GPU(float, float);
+REGISTER_GPU(Eigen::half, Eigen::half);
+REGISTER_GPU(Eigen::half, float);
+REGISTER_GPU(Eigen::bfloat16, Eigen::bfloat16);
+REGISTER_GPU(Eigen::bfloat16, float);
 #undef REGISTER_GPU
 
 }  // namespace

@@ -1,4 +1,4 @@
-// Registration and shape function of Escort>CsrConv2D.
+// Registration and shape function of Escort>CsrConv2D and Escort>CsrConv2DV2.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -76,23 +76,27 @@ absl::Status CsrConv2DShape(InferenceContext* c) {
 
 }  // namespace
 
+// Both ops' signature: values and bias have the type VALUE_TYPE names.
+#define ESCORT_CSR_CONV2D_SIGNATURE(VALUE_TYPE) \
+  .Input("input: T") \
+  .Input("row_offsets: int32") \
+  .Input("column_indices: int32") \
+  .Input("values: " VALUE_TYPE) \
+  .Input("bias: " VALUE_TYPE) \
+  .Output("output: T") \
+  .Attr("T: {float, half, bfloat16}") \
+  .Attr("filter_shape: list(int)") \
+  .Attr("strides: list(int) = [1, 1]") \
+  .Attr("padding: {'SAME', 'VALID', 'EXPLICIT'}") \
+  .Attr("explicit_paddings: list(int) = []") \
+  .Attr("dilations: list(int) = [1, 1]") \
+  .Attr("data_format: {'NHWC', 'NCHW'} = 'NHWC'") \
+  .Attr("activation: {'NONE', 'RELU', 'RELU6'} = 'NONE'") \
+  .Attr("engine: {'AUTO', 'CUDA_CORES', 'TENSOR_CORES_2_4'} = 'AUTO'") \
+  .SetShapeFn(CsrConv2DShape)
+
 REGISTER_OP("Escort>CsrConv2D")
-    .Input("input: T")
-    .Input("row_offsets: int32")
-    .Input("column_indices: int32")
-    .Input("values: T")
-    .Input("bias: T")
-    .Output("output: T")
-    .Attr("T: {float, half, bfloat16}")
-    .Attr("filter_shape: list(int)")
-    .Attr("strides: list(int) = [1, 1]")
-    .Attr("padding: {'SAME', 'VALID', 'EXPLICIT'}")
-    .Attr("explicit_paddings: list(int) = []")
-    .Attr("dilations: list(int) = [1, 1]")
-    .Attr("data_format: {'NHWC', 'NCHW'} = 'NHWC'")
-    .Attr("activation: {'NONE', 'RELU', 'RELU6'} = 'NONE'")
-    .Attr("engine: {'AUTO', 'CUDA_CORES', 'TENSOR_CORES_2_4'} = 'AUTO'")
-    .SetShapeFn(CsrConv2DShape)
+    ESCORT_CSR_CONV2D_SIGNATURE("T")
     .Doc(R"doc(
 Direct sparse 2-D convolution with a CSR filter (Escort).
 
@@ -120,6 +124,25 @@ engine: which GPU kernel runs the op; the CPU has one kernel and ignores it.
   the op fails with InvalidArgument saying which condition is not met. AUTO
   takes TENSOR_CORES_2_4 where all of that holds, else CUDA_CORES.
 )doc");
+
+// Keras mixed precision keeps a layer's variables in float32 and computes in
+// float16 or bfloat16: V2 takes such values and bias as they are, where
+// Escort>CsrConv2D needed a cast of each (two more ops per layer and call,
+// and for tensor cores a repacking of the values, which the op keeps only
+// while it is fed the same values buffer).
+REGISTER_OP("Escort>CsrConv2DV2")
+    ESCORT_CSR_CONV2D_SIGNATURE("U")
+    .Attr("U: {float, half, bfloat16}")
+    .Doc(R"doc(
+Escort>CsrConv2D whose values and bias have type U: T, or float for a
+float16/bfloat16 input (mixed precision). The op computes with the float
+values as they are where it computes in float (the CPU, the GPU's CUDA-core
+kernel) and rounds them to T for tensor cores, as a cast before
+Escort>CsrConv2D would. Other inputs and attributes as Escort>CsrConv2D;
+the kernels registered are those of U == T and of U == float.
+)doc");
+
+#undef ESCORT_CSR_CONV2D_SIGNATURE
 
 }  // namespace escort_tf
 }  // namespace tensorflow
