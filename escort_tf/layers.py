@@ -176,9 +176,12 @@ class SparseConv2D(tf_keras.layers.Layer):
                 return "zeros"
             return lambda shape, dtype=None, **_: tf.constant(array, dtype=dtype)
 
+        # Plain variables, not mixed precision's autocasting ones: under a
+        # mixed policy the op takes the float32 values and bias as they are
+        # (Escort>CsrConv2DV2), with no cast per call.
         def weight(name, shape, array, dtype=None):
             return self.add_weight(name, shape=shape, dtype=dtype, trainable=False,
-                                   initializer=init(array))
+                                   initializer=init(array), autocast=False)
 
         offsets, columns, values = ((initial.row_offsets, initial.column_indices, initial.values)
                                     if initial is not None else (None, None, None))
@@ -193,13 +196,11 @@ class SparseConv2D(tf_keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs):
-        bias = tf.cast(self.bias, self.compute_dtype) if self.use_bias else None
         # A relu/relu6/linear activation runs inside the op; any other after it.
         fused = fused_name(self.activation)
         outputs = ops.csr_conv2d(
-            inputs, self.row_offsets, self.column_indices,
-            tf.cast(self.values, self.compute_dtype), self.filter_shape,
-            bias=bias, strides=self.strides, padding=self.padding.upper(),
+            inputs, self.row_offsets, self.column_indices, self.values, self.filter_shape,
+            bias=self.bias, strides=self.strides, padding=self.padding.upper(),
             dilations=self.dilation_rate, data_format=_DATA_FORMATS[self.data_format],
             activation=fused, engine=self.engine)
         return self.activation(outputs) if fused is None else outputs

@@ -146,8 +146,11 @@ def sparse_conv2d(input,  # pylint: disable=redefined-builtin
 
     Args:
       input: 4-D float tensor in `data_format` (float32, float16 or bfloat16).
-      filters: the `CsrFilter`; its values must have the input's dtype.
-      bias: optional `[cout]` vector added before the activation.
+      filters: the `CsrFilter`; its values have the input's dtype, or are
+        float32 for a float16/bfloat16 input (mixed precision: the op takes
+        them as they are, with no cast per call).
+      bias: optional `[cout]` vector added before the activation, of the
+        values' dtype.
       strides: int, (stride_h, stride_w), or tf.nn.conv2d's 4-element form.
       padding: "SAME", "VALID", explicit `[[top, bottom], [left, right]]`,
         or tf.nn.conv2d's 4 pairs (zeros at batch and channels).
@@ -223,22 +226,30 @@ def csr_conv2d(input,  # pylint: disable=redefined-builtin
         if input.shape.rank is not None and input.shape.rank != 4:
             raise ValueError(f"input must be 4-D, got shape {input.shape}")
         values = tf.convert_to_tensor(values, name="values")
-        if values.dtype != input.dtype:
+        mixed = values.dtype == tf.float32 and input.dtype != tf.float32
+        if values.dtype != input.dtype and not mixed:
             raise TypeError(f"filter values are {values.dtype.name} but input is "
-                            f"{input.dtype.name}; cast one of them explicitly")
+                            f"{input.dtype.name}: values must have the input's dtype, or "
+                            f"be float32 (mixed precision); cast one of them explicitly")
         channels = input.shape[-1 if data_format == "NHWC" else 1]
         if channels is not None and channels != cin:
             raise ValueError(f"input has {channels} channels but filter_shape "
                              f"{tuple(filter_shape)} expects {cin}")
         if bias is None:
-            bias = tf.zeros([0], input.dtype)
+            bias = tf.zeros([0], values.dtype)
         else:
             bias = tf.convert_to_tensor(bias, name="bias")
-            if bias.dtype != input.dtype:
-                raise TypeError(f"bias is {bias.dtype.name} but input is {input.dtype.name}")
+            if bias.dtype != values.dtype:
+                raise TypeError(f"bias is {bias.dtype.name} but filter values are "
+                                f"{values.dtype.name}; they must match")
             if bias.shape.rank is not None and bias.shape.as_list() not in ([cout], [None]):
                 raise ValueError(f"bias must have shape [{cout}], got {bias.shape}")
-        return _loader.load_ops().escort_csr_conv2d(
+        # Escort>CsrConv2DV2 is the op with float32 values and bias for a
+        # 16-bit input; everything else keeps the first op, which every
+        # saved graph of this package holds.
+        ops_module = _loader.load_ops()
+        op = ops_module.escort_csr_conv2dv2 if mixed else ops_module.escort_csr_conv2d
+        return op(
             input=input,
             row_offsets=tf.convert_to_tensor(row_offsets, tf.int32, name="row_offsets"),
             column_indices=tf.convert_to_tensor(column_indices, tf.int32,

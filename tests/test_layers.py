@@ -119,14 +119,25 @@ def test_channels_first_matches_dense(rng):
     assert y.shape == (2, 6, 4, 4) == tuple(sparse.compute_output_shape(x.shape))
 
 
-def test_mixed_float16_policy_runs_in_float16(rng):
+@pytest.mark.parametrize("policy,dtype", [("mixed_float16", tf.float16),
+                                          ("mixed_bfloat16", tf.bfloat16)])
+def test_mixed_policy_runs_in_16_bits_on_the_float32_variables(policy, dtype, rng):
     case = Case(activation="relu")
-    conv = pruned_conv(case, rng, dtype="mixed_float16")
+    conv = pruned_conv(case, rng, dtype=policy)
     sparse = SparseConv2D.from_conv2d(conv)
     x = inputs(rng, case)
     y = sparse(x)
-    assert y.dtype == tf.float16 and sparse.values.dtype == tf.float32
-    np.testing.assert_allclose(y.numpy(), conv(x).numpy(), rtol=1e-2, atol=1e-2)
+    assert y.dtype == dtype and sparse.values.dtype == tf.float32
+    tolerance = 1e-2 if dtype == tf.float16 else 5e-2
+    np.testing.assert_allclose(tf.cast(y, tf.float32).numpy(),
+                               tf.cast(conv(x), tf.float32).numpy(), rtol=tolerance,
+                               atol=tolerance)
+    # The op reads the float32 variables themselves: no cast per call.
+    graph = tf.function(sparse).get_concrete_function(
+        tf.TensorSpec(x.shape, tf.float32)).graph
+    (op,) = [op for op in graph.get_operations() if op.type.startswith("Escort>")]
+    assert op.type == "Escort>CsrConv2DV2" and op.get_attr("U") == tf.float32
+    assert [t.op.type for t in op.inputs[3:]] == ["ReadVariableOp"] * 2
 
 
 def test_from_config_then_set_weights_round_trips(rng):

@@ -213,8 +213,9 @@ def test_results_are_identical_across_runs(rng):
 
 # --- Validation inside the op: malformed CSR arrays and attributes. ---------
 
-def raw_op(**overrides):
-    """Calls the generated op wrapper directly, bypassing Python checks."""
+def raw_op(mixed=False, **overrides):
+    """Calls the generated op wrapper directly, bypassing Python checks;
+    `mixed`: Escort>CsrConv2DV2 with a float16 input and float32 values."""
     args = dict(
         input=np.ones((1, 4, 4, 2), np.float32),
         row_offsets=np.array([0, 1, 2], np.int32),
@@ -224,8 +225,11 @@ def raw_op(**overrides):
         filter_shape=[3, 3, 2, 2],
         strides=[1, 1], padding="SAME", explicit_paddings=[], dilations=[1, 1],
         data_format="NHWC", activation="NONE")
+    if mixed:
+        args["input"] = args["input"].astype(np.float16)
     args.update(overrides)
-    return _loader.load_ops().escort_csr_conv2d(**args)
+    ops = _loader.load_ops()
+    return (ops.escort_csr_conv2dv2 if mixed else ops.escort_csr_conv2d)(**args)
 
 
 def test_raw_op_valid_arguments_run():
@@ -283,10 +287,19 @@ OP_ERRORS = {
 }
 
 
+@pytest.mark.parametrize("mixed", [False, True], ids=["v1", "v2_mixed"])
 @pytest.mark.parametrize("overrides,message", OP_ERRORS.values(), ids=OP_ERRORS.keys())
-def test_op_rejects_invalid_input(overrides, message):
+def test_op_rejects_invalid_input(overrides, message, mixed):
     with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match=re.escape(message)):
-        raw_op(**overrides)
+        raw_op(mixed=mixed, **overrides)
+
+
+def test_v2_op_has_no_kernel_for_values_of_another_16_bit_type():
+    # U must be T or float32: bfloat16 values for a float16 input have no
+    # kernel, on any device.
+    with pytest.raises(tf.errors.NotFoundError, match="Escort>CsrConv2DV2"):
+        raw_op(mixed=True, values=np.array([1.0, 2.0], tf.bfloat16.as_numpy_dtype),
+               bias=np.zeros([0], tf.bfloat16.as_numpy_dtype))
 
 
 def test_op_validates_inside_graph_with_unknown_shapes():
@@ -300,8 +313,8 @@ def test_op_validates_inside_graph_with_unknown_shapes():
 
 # --- Python-side argument checks. -------------------------------------------
 
-def small_filter():
-    return escort_tf.CsrFilter.from_dense(np.ones((3, 3, 2, 4), np.float32))
+def small_filter(dtype=np.float32):
+    return escort_tf.CsrFilter.from_dense(np.ones((3, 3, 2, 4), dtype))
 
 
 PYTHON_ERRORS = {
@@ -325,12 +338,19 @@ PYTHON_ERRORS = {
     "input_rank": (dict(input=np.ones((4, 4, 2), np.float32)), ValueError, "input must be 4-D"),
     "input_dtype": (dict(input=np.ones((1, 4, 4, 2), np.int32)), TypeError,
                     "input must be float32"),
-    "dtype_mismatch": (dict(input=np.ones((1, 4, 4, 2), np.float16)), TypeError,
-                       "filter values are float32 but input is float16"),
+    "dtype_mismatch": (dict(filters=small_filter(np.float16),
+                            input=np.ones((1, 4, 4, 2), tf.bfloat16.as_numpy_dtype)), TypeError,
+                       "filter values are float16 but input is bfloat16"),
+    "float32_input_with_16_bit_values": (dict(filters=small_filter(np.float16)), TypeError,
+                                         "filter values are float16 but input is float32"),
     "channels": (dict(input=np.ones((1, 4, 4, 3), np.float32)), ValueError,
                  "input has 3 channels"),
     "bias_shape": (dict(bias=np.ones(3, np.float32)), ValueError, r"bias must have shape \[4\]"),
-    "bias_dtype": (dict(bias=np.ones(4, np.float64)), TypeError, "bias is float64"),
+    "bias_dtype": (dict(bias=np.ones(4, np.float64)), TypeError,
+                   "bias is float64 but filter values are float32"),
+    "mixed_bias_dtype": (dict(input=np.ones((1, 4, 4, 2), np.float16),
+                              bias=np.ones(4, np.float16)), TypeError,
+                         "bias is float16 but filter values are float32"),
     "engine_upper_case": (dict(engine="AUTO"), ValueError,
                           "engine must be one of 'auto', 'cuda_cores', 'tensor_cores_2_4', "
                           "got 'AUTO'"),
@@ -375,12 +395,12 @@ def test_gpu_kernel_registration_matches_build_flavour():
     # The CUDA flavour registers a GPU kernel even on a machine without a
     # GPU; it is compiled and linked but cannot run here.
     from tensorflow.python.framework import kernels  # pylint: disable=import-outside-toplevel
-    devices = {k.device_type for k in
-               kernels.get_registered_kernels_for_op("Escort>CsrConv2D").kernel}
-    assert "CPU" in devices
-    expected_gpu = os.environ.get("ESCORT_TF_EXPECT_CUDA")
-    if expected_gpu is not None:
-        assert ("GPU" in devices) == (expected_gpu == "1")
+    for op in ("Escort>CsrConv2D", "Escort>CsrConv2DV2"):
+        devices = {k.device_type for k in kernels.get_registered_kernels_for_op(op).kernel}
+        assert "CPU" in devices
+        expected_gpu = os.environ.get("ESCORT_TF_EXPECT_CUDA")
+        if expected_gpu is not None:
+            assert ("GPU" in devices) == (expected_gpu == "1")
 
 
 # --- engine: which GPU kernel; the CPU runs one kernel for all of them. -------
@@ -423,3 +443,31 @@ def test_every_engine_matches_tf_conv2d_on_cpu(engine, dtype, rtol, pattern, rng
     scale = np.abs(x.astype(np.float32)).max() * np.abs(kernel.astype(np.float32)).sum(
         axis=(0, 1, 2)).max()
     np.testing.assert_allclose(y.astype(np.float32), expected, rtol=rtol, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(tf.float16, 2**-11), (tf.bfloat16, 2**-8)],
+                         ids=["float16", "bfloat16"])
+def test_float32_values_with_a_16_bit_input_run_on_v2_without_casts(dtype, rtol, rng):
+    # Mixed precision: float32 values and bias go to Escort>CsrConv2DV2 as
+    # they are (no Cast op in the graph), and the CPU computes with them
+    # unrounded, so the result is the float32 convolution of the 16-bit
+    # input rounded once.
+    kernel = (rng.standard_normal((3, 3, 8, 5)) * (rng.random((3, 3, 8, 5)) < 0.5)).astype(
+        np.float32)
+    bias = rng.standard_normal(5).astype(np.float32)
+    x = tf.cast(rng.standard_normal((2, 6, 7, 8)), dtype)
+    csr = escort_tf.CsrFilter.from_dense(kernel)
+    conv = tf.function(lambda x: escort_tf.sparse_conv2d(x, csr, bias=bias, activation="relu"))
+    graph = conv.get_concrete_function(tf.TensorSpec(x.shape, dtype)).graph
+    (op,) = [op for op in graph.get_operations() if op.type.startswith("Escort>")]
+    assert op.type == "Escort>CsrConv2DV2" and op.get_attr("U") == tf.float32
+    assert op.get_attr("T") == dtype
+    assert not [o for o in graph.get_operations() if o.type == "Cast"]
+    with tf.device("/CPU:0"):
+        y = conv(x)
+    assert y.dtype == dtype
+    x64 = tf.cast(x, tf.float64)
+    expected = tf.nn.relu(tf.nn.conv2d(x64, kernel.astype(np.float64), 1, "SAME") + bias)
+    scale = np.abs(x64.numpy()).max() * np.abs(kernel).sum(axis=(0, 1, 2)).max()
+    np.testing.assert_allclose(tf.cast(y, tf.float64).numpy(), expected.numpy(), rtol=rtol,
+                               atol=1e-6 * scale)

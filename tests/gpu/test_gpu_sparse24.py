@@ -214,6 +214,37 @@ def test_packed_values_follow_in_place_updates(rng):
             before = after
 
 
+def test_float32_values_and_bias_follow_in_place_updates(rng):
+    """Escort>CsrConv2DV2 (mixed precision) rounds float32 values and bias to
+    the input's type once and keeps them while fed the same buffers: updates
+    of either variable must reach the output."""
+    csr, x, offsets, columns, _ = _filter_variables_2_4(rng)
+    with tf.device(GPU):
+        values = tf.Variable(tf.constant(csr.values, tf.float32))
+        bias = tf.Variable(tf.constant(rng.standard_normal(csr.filter_shape[3]), tf.float32))
+
+    def conv(engine):
+        return escort_tf.ops.csr_conv2d(x, offsets, columns, values, csr.filter_shape,
+                                        bias=bias, engine=engine)
+
+    on_tensor_cores = tf.function(lambda: conv("tensor_cores_2_4"))
+    on_cuda_cores = tf.function(lambda: conv("cuda_cores"))
+    updates = [lambda: values.assign_add(tf.ones_like(values)),
+               lambda: bias.assign_sub(2 * tf.ones_like(bias)),
+               lambda: values.assign(tf.reverse(values, [0]))]
+    with tf.device(GPU):
+        before = on_tensor_cores().numpy()
+        for update in updates:
+            update()
+            after = on_tensor_cores().numpy()
+            assert not np.array_equal(after, before)
+            # CUDA cores use the float32 values unrounded.
+            np.testing.assert_allclose(after.astype(np.float32),
+                                       on_cuda_cores().numpy().astype(np.float32),
+                                       rtol=2e-3, atol=2e-2)
+            before = after
+
+
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_keras_layer_under_mixed_precision_runs_on_tensor_cores(rng, policy):
     tf_keras.mixed_precision.set_global_policy(policy)
