@@ -554,6 +554,7 @@ __global__ void FinishSplitsKernel(const Params p, int splits) {
 enum class Shape { kTall, kWide, kNarrow, kSmallWide, kSmallNarrow };
 struct Plan {
   Shape shape;
+  int block_pixels;  // the shape's Config::kBlockPixels
   int64_t blocks;
   int splits;
   int stages_per_split;
@@ -567,7 +568,7 @@ constexpr int kMaxSplits = 16;
 template <typename Cfg>
 Plan MakePlan(Shape shape, const Params& p, int num_sms) {
   const int stages = NumStages(p);
-  Plan plan{shape, sparse24::NumBlocks<Cfg>(p), 1, stages};
+  Plan plan{shape, Cfg::kBlockPixels, sparse24::NumBlocks<Cfg>(p), 1, stages};
   if (Cfg::kSplitK && plan.blocks < num_sms) {
     // The split grid stays within one block per multiprocessor: rounding up
     // instead queued a second wave of parts and, on an H100 at batch 32, made
@@ -787,19 +788,7 @@ bool Sparse24WgmmaLoadsWithTma(const ConvGeometry& geometry, int num_sms) {
   CUtensorMap map;
   // Any aligned address encodes alike; the map is not used.
   const void* aligned_input = reinterpret_cast<const void*>(uintptr_t{1} << 20);
-  switch (ChoosePlan(p, num_sms).shape) {
-    case Shape::kTall:
-      return EncodeInputMap(geometry, aligned_input, TallConfig::kBlockPixels, &map);
-    case Shape::kWide:
-      return EncodeInputMap(geometry, aligned_input, WideConfig::kBlockPixels, &map);
-    case Shape::kNarrow:
-      return EncodeInputMap(geometry, aligned_input, NarrowConfig::kBlockPixels, &map);
-    case Shape::kSmallWide:
-      return EncodeInputMap(geometry, aligned_input, SmallWideConfig::kBlockPixels, &map);
-    case Shape::kSmallNarrow:
-      break;
-  }
-  return EncodeInputMap(geometry, aligned_input, SmallNarrowConfig::kBlockPixels, &map);
+  return EncodeInputMap(geometry, aligned_input, ChoosePlan(p, num_sms).block_pixels, &map);
 #else
   (void)geometry;
   (void)num_sms;
