@@ -332,6 +332,55 @@ def test_gpu_kernel_time_counts_each_kernel_once_and_no_copies():
         derived = gpu.lines.add(name="TensorFlow Ops", timestamp_ns=1000)
         derived.events.add(metadata_id=3, offset_ps=0, duration_ps=9_000_000)
     assert gpu_tf_common.kernel_ps(space) == 2 * (5_000_000 + 3_000_000)
+    # Two GPUs, two launches each.
+    assert gpu_tf_common.kernel_ps_by_name(space) == {
+        "Sparse24WgmmaKernel": (2 * (5_000_000 + 3_000_000), 4)}
 
     with pytest.raises(RuntimeError, match="no GPU kernel"):
         gpu_tf_common.kernel_ps(xplane_pb2.XSpace(planes=[host]))
+
+
+def test_host_op_time_sums_host_op_events_by_type():
+    """benchmarks/gpu_tf/common.host_op_ps_by_type: "<node>:<type>" events of
+    host planes summed per type; executor spans and GPU planes left out."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    gpu_tf_common = _load("escort_gpu_tf_common", "benchmarks/gpu_tf/common.py")
+    space = xplane_pb2.XSpace()
+    host = space.planes.add(name="/host:CPU")
+    for key, name in enumerate(["conv1:Conv2D", "conv2:Conv2D", "relu:Relu",
+                                "executor:Process", " __inference_call_9:__inference"], 1):
+        host.event_metadata[key].name = name
+    line = host.lines.add(name="tf_inter_op")
+    for key, duration in zip(range(1, 6), (7, 5, 2, 100, 100)):
+        line.events.add(metadata_id=key, duration_ps=duration)
+    gpu = space.planes.add(name="/device:GPU:0")
+    gpu.event_metadata[1].name = "conv1:Conv2D"
+    gpu.lines.add(name="TensorFlow Ops").events.add(metadata_id=1, duration_ps=1000)
+    assert gpu_tf_common.host_op_ps_by_type(space) == {"Conv2D": 12, "Relu": 2}
+
+
+def test_profile_model_reports_each_variants_host_ops(monkeypatch, tmp_path):
+    """benchmarks/gpu_tf/profile_model.py on a tiny model, on the CPU: every
+    variant profiled, the converted ones running our op and the dense one not."""
+    def build(size):
+        L = tf_keras.layers
+        return tf_keras.Sequential([
+            tf_keras.Input((size, size, 4)), L.Conv2D(8, 3, padding="same", name="conv1"),
+            L.BatchNormalization(name="bn1"), L.ReLU(name="relu1"), L.Flatten(name="flat")])
+
+    monkeypatch.setitem(skimcaffe_models.MODELS, "tiny_bn", (
+        build, lambda layer: 0.8 if isinstance(layer, tf_keras.layers.Conv2D) else 0.0))
+    monkeypatch.setattr(
+        "sys.argv", ["profile_model.py"])  # machine_info records the command line
+    profile_model = _load("escort_profile_model", "benchmarks/gpu_tf/profile_model.py")
+    assert profile_model.main([
+        "--model", "tiny_bn", "--image-size", "6", "--reps", "1", "--runs", "1",
+        "--json", str(tmp_path / "p.json"), "--md", str(tmp_path / "p.md")]) == 0
+    report = json.loads((tmp_path / "p.json").read_text())
+    variants = report["variants"]
+    assert sorted(variants) == ["converted", "converted_folded", "dense"]
+    for name, variant in variants.items():
+        assert _finite_positive(variant["wall_ms"])
+        assert ("Escort>CsrConv2D" in variant["host_op_ms"]) == (name != "dense")
+    assert "| converted_folded |" in (tmp_path / "p.md").read_text()

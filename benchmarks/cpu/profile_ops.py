@@ -14,7 +14,6 @@ name a new one by its host and date).
 """
 
 import argparse
-import collections
 import glob
 import json
 import os
@@ -37,6 +36,7 @@ from escort_tf.model_timing import prune_and_convert  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 import harness  # noqa: E402  (benchmarks/harness.py)
+from gpu_tf import common as gpu_tf_common  # noqa: E402  (its profile parsing)
 
 
 def op_times_ms(call, x, reps):
@@ -52,19 +52,8 @@ def op_times_ms(call, x, reps):
         tf.profiler.experimental.stop()
         (path,) = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)
         space = xplane_pb2.XSpace.FromString(pathlib.Path(path).read_bytes())
-    per_type = collections.defaultdict(float)
-    for plane in space.planes:
-        names = {key: meta.name for key, meta in plane.event_metadata.items()}
-        for line in plane.lines:
-            for event in line.events:
-                # TF op events are named "<node name>:<op type>"; the executor's
-                # own spans ("...:Process", "...:Run", " __inference_...") are not ops.
-                name = names.get(event.metadata_id, "")
-                op = name.rsplit(":", 1)[1] if ":" in name else ""
-                if op and op == op.strip() and not op.startswith("__") and op not in (
-                        "Process", "Run"):
-                    per_type[op] += event.duration_ps / 1e9 / reps
-    return wall_ms, dict(per_type)
+    return wall_ms, {op: ps / 1e9 / reps
+                     for op, ps in gpu_tf_common.host_op_ps_by_type(space).items()}
 
 
 def main():

@@ -71,6 +71,21 @@ def serial_calls(conv, xs, calls):
     return run
 
 
+def profile(fn, runs=3):
+    """The TF profile (`XSpace`) of `runs` calls of `fn`, each waited for; a
+    first call, outside the profile, traces and autotunes."""
+    wait_for(fn())
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        try:
+            for _ in range(runs):
+                wait_for(fn())
+        finally:
+            tf.profiler.experimental.stop()
+        (path,) = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)
+        return xplane_pb2.XSpace.FromString(pathlib.Path(path).read_bytes())
+
+
 def gpu_kernel_us(fn, runs=3):
     """Microseconds of GPU kernel time per call of `fn`, from the TF profiler.
 
@@ -86,17 +101,7 @@ def gpu_kernel_us(fn, runs=3):
         RuntimeError: if the profile holds no GPU kernel (no GPU, or a
             profiler that recorded none): a zero would read as infinitely fast.
     """
-    wait_for(fn())  # traced and autotuned outside the profile
-    with tempfile.TemporaryDirectory() as logdir:
-        tf.profiler.experimental.start(logdir)
-        try:
-            for _ in range(runs):
-                wait_for(fn())
-        finally:
-            tf.profiler.experimental.stop()
-        (path,) = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)
-        space = xplane_pb2.XSpace.FromString(pathlib.Path(path).read_bytes())
-    return kernel_ps(space) / 1e6 / runs
+    return kernel_ps(profile(fn, runs)) / 1e6 / runs
 
 
 def gpu_kernel_us_each(fns):
@@ -114,8 +119,9 @@ def model_gpu_ms(fns, x):
         {name: (lambda fn=fn: fn(x)) for name, fn in fns.items()}).items()}
 
 
-def kernel_ps(space):
-    """Picoseconds of GPU kernels in a profile (`XSpace`), copies excluded.
+def kernel_ps_by_name(space):
+    """{kernel name: (picoseconds, launches)} of the GPU kernels in a profile
+    (`XSpace`), copies excluded.
 
     Raises:
         RuntimeError: if it holds no GPU kernel.
@@ -130,13 +136,48 @@ def kernel_ps(space):
             if not re.match(r"Stream #\d+", line.name):
                 continue
             for event in line.events:
-                if not names.get(event.metadata_id, "").startswith("Memcpy"):
+                name = names.get(event.metadata_id, "")
+                if not name.startswith("Memcpy"):
                     # One event per (GPU, start, kernel): listed twice, it counts once.
                     kernels.add((plane.name, line.timestamp_ns * 1000 + event.offset_ps,
-                                 event.metadata_id, event.duration_ps))
+                                 name, event.duration_ps))
     if not kernels:
         raise RuntimeError("the TF profile holds no GPU kernel")
-    return sum(duration for *_, duration in kernels)
+    by_name = {}
+    for _, _, name, duration in kernels:
+        ps, launches = by_name.get(name, (0, 0))
+        by_name[name] = (ps + duration, launches + 1)
+    return by_name
+
+
+def kernel_ps(space):
+    """Picoseconds of GPU kernels in a profile (`XSpace`), copies excluded.
+
+    Raises:
+        RuntimeError: if it holds no GPU kernel.
+    """
+    return sum(ps for ps, _ in kernel_ps_by_name(space).values())
+
+
+def host_op_ps_by_type(space):
+    """{TF op type: picoseconds} of the host's op events in a profile: the
+    time each op type kept an executor thread (for a GPU op, its launch work;
+    inter-op threads run ops side by side, so the sums can exceed the wall time)."""
+    per_type = {}
+    for plane in space.planes:
+        if not plane.name.startswith("/host:"):
+            continue
+        names = {key: meta.name for key, meta in plane.event_metadata.items()}
+        for line in plane.lines:
+            for event in line.events:
+                # TF op events are named "<node name>:<op type>"; the executor's
+                # own spans ("...:Process", "...:Run", " __inference_...") are not ops.
+                name = names.get(event.metadata_id, "")
+                op = name.rsplit(":", 1)[1] if ":" in name else ""
+                if op and op == op.strip() and not op.startswith("__") and op not in (
+                        "Process", "Run"):
+                    per_type[op] = per_type.get(op, 0) + event.duration_ps
+    return per_type
 
 
 def relative_error(actual, reference):
