@@ -76,6 +76,12 @@ def markdown(report):
                   for k in v.get("kernels", [])]
         lines += ["", "| op type (host) | ms per call |", "|---|---|"]
         lines += [f"| {op} | {ms:.3f} |" for op, ms in v["host_op_ms"].items()]
+    if report["autotune_layer_ms"]:
+        lines += ["", "## Autotune's layer times (ms, each layer alone)", "",
+                  "| layer | sparse | dense | kept |", "|---|---|---|---|"]
+        lines += [f"| {row['name']} | {row['sparse_ms']:.3f} | "
+                  f"{'-' if row['dense_ms'] is None else format(row['dense_ms'], '.3f')} | "
+                  f"{row['decision']} |" for row in report["autotune_layer_ms"]]
     return "\n".join(lines)
 
 
@@ -97,10 +103,13 @@ def main(argv=None):
     dense, _ = skimcaffe_models.prune_like_skimcaffe(build(args.image_size), sparsity_of)
     models = {"dense": dense, "converted": escort_tf.convert(dense),
               "converted_folded": escort_tf.convert(dense, fold_batch_norm=True)}
+    layer_times = []
     if args.autotune:
-        models["autotuned"] = escort_tf.convert(dense, autotune=True,
-                                                autotune_batch_size=args.batch,
-                                                fold_batch_norm=True)
+        models["autotuned"], tuning = escort_tf.convert(
+            dense, autotune=True, autotune_batch_size=args.batch, fold_batch_norm=True,
+            return_report=True)
+        layer_times = [{"name": row.name, "decision": row.decision, "sparse_ms": row.sparse_ms,
+                        "dense_ms": row.dense_ms} for row in tuning if row.sparse_ms is not None]
     x = tf.constant(np.random.default_rng(0).standard_normal(
         (args.batch, *dense.input_shape[1:])).astype(np.float32))
     fns = {name: tf.function(lambda t, m=m: m(t, training=False)) for name, m in models.items()}
@@ -108,7 +117,7 @@ def main(argv=None):
     walls = time_side_by_side(calls, reps=args.reps)
     report = {"machine": common.machine_info(), "command": " ".join(["python"] + sys.argv),
               "model": args.model, "batch": args.batch, "image_size": args.image_size,
-              "variants": {}}
+              "autotune_layer_ms": layer_times, "variants": {}}
     for name, call in calls.items():
         report["variants"][name] = dict(wall_ms=walls[name]["median_ms"],
                                         **variant_profile(call, args.runs, args.top))
