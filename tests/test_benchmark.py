@@ -348,16 +348,22 @@ def test_host_op_time_sums_host_op_events_by_type():
     gpu_tf_common = _load("escort_gpu_tf_common", "benchmarks/gpu_tf/common.py")
     space = xplane_pb2.XSpace()
     host = space.planes.add(name="/host:CPU")
-    for key, name in enumerate(["conv1:Conv2D", "conv2:Conv2D", "relu:Relu",
-                                "executor:Process", " __inference_call_9:__inference"], 1):
-        host.event_metadata[key].name = name
+    events = {"model/conv1/Conv2D:Conv2D": 7, "model/conv2/Conv2D:Conv2D": 5,
+              "model/relu:Relu": 2, "escort/conv:Escort>CsrConv2D": 3,
+              "executor:Process": 100, " __inference_call_9:__inference": 100,
+              # Launch events of a GPU profile name kernels, colons and all.
+              "void cudnn::bn_fw_inf_1C11_kernel_NHWC<float>(float, cudnnTensorStruct*)": 100,
+              "void tensorflow::functor::SwapDimension1And2InTensor3<float>(int, "
+              "Dimension<3>, float*)": 100}
     line = host.lines.add(name="tf_inter_op")
-    for key, duration in zip(range(1, 6), (7, 5, 2, 100, 100)):
+    for key, (name, duration) in enumerate(events.items(), 1):
+        host.event_metadata[key].name = name
         line.events.add(metadata_id=key, duration_ps=duration)
     gpu = space.planes.add(name="/device:GPU:0")
     gpu.event_metadata[1].name = "conv1:Conv2D"
     gpu.lines.add(name="TensorFlow Ops").events.add(metadata_id=1, duration_ps=1000)
-    assert gpu_tf_common.host_op_ps_by_type(space) == {"Conv2D": 12, "Relu": 2}
+    assert gpu_tf_common.host_op_ps_by_type(space) == {"Conv2D": 12, "Relu": 2,
+                                                       "Escort>CsrConv2D": 3}
 
 
 def test_profile_model_reports_each_variants_host_ops(monkeypatch, tmp_path):
@@ -374,6 +380,7 @@ def test_profile_model_reports_each_variants_host_ops(monkeypatch, tmp_path):
     profile_model = _load("escort_profile_model", "benchmarks/gpu_tf/profile_model.py")
     assert profile_model.main([
         "--model", "tiny_bn", "--image-size", "6", "--reps", "1", "--runs", "1", "--autotune",
+        "--top", "50",
         "--json", str(tmp_path / "p.json"), "--md", str(tmp_path / "p.md")]) == 0
     report = json.loads((tmp_path / "p.json").read_text())
     variants = report["variants"]
@@ -384,3 +391,14 @@ def test_profile_model_reports_each_variants_host_ops(monkeypatch, tmp_path):
         if name != "autotuned":  # which kind autotune keeps is a timing
             assert ("Escort>CsrConv2D" in variant["host_op_ms"]) == (name != "dense")
     assert "| converted_folded |" in (tmp_path / "p.md").read_text()
+
+
+def test_profile_model_shortens_kernel_signatures_to_their_function():
+    profile_model = _load("escort_profile_model", "benchmarks/gpu_tf/profile_model.py")
+    assert profile_model._short(
+        "void escort::(anonymous namespace)::CsrConvKernel<float, 4>(escort::Params)") \
+        == "escort::CsrConvKernel"
+    assert profile_model._short(
+        "std::enable_if<!(T5), void>::type internal::gemvx::kernel<int, (int)128>(int)") \
+        == "internal::gemvx::kernel"
+    assert profile_model._short("sm90_xmma_fprop_implicit_gemm") == "sm90_xmma_fprop_implicit_gemm"

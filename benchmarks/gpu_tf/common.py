@@ -159,6 +159,13 @@ def kernel_ps(space):
     return sum(ps for ps, _ in kernel_ps_by_name(space).values())
 
 
+# A TF op event on a host plane: "<node name>:<op type>" (node names hold no
+# spaces or colons; kernel-launch events name C++ signatures, which do).
+_HOST_OP_EVENT = re.compile(r"[^\s:]+:([A-Za-z_][\w>]*)")
+# Executor and profiler spans named like ops, which are not op types.
+_NOT_OP_TYPES = {"Process", "Run", "Start", "Done", "Record", "StartRegion", "StopRegion"}
+
+
 def host_op_ps_by_type(space):
     """{TF op type: picoseconds} of the host's op events in a profile: the
     time each op type kept an executor thread (for a GPU op, its launch work;
@@ -170,12 +177,9 @@ def host_op_ps_by_type(space):
         names = {key: meta.name for key, meta in plane.event_metadata.items()}
         for line in plane.lines:
             for event in line.events:
-                # TF op events are named "<node name>:<op type>"; the executor's
-                # own spans ("...:Process", "...:Run", " __inference_...") are not ops.
-                name = names.get(event.metadata_id, "")
-                op = name.rsplit(":", 1)[1] if ":" in name else ""
-                if op and op == op.strip() and not op.startswith("__") and op not in (
-                        "Process", "Run"):
+                match = _HOST_OP_EVENT.fullmatch(names.get(event.metadata_id, ""))
+                if match and match.group(1) not in _NOT_OP_TYPES:
+                    op = match.group(1)
                     per_type[op] = per_type.get(op, 0) + event.duration_ps
     return per_type
 

@@ -16,6 +16,7 @@ dispatch; the kernel list then says what a faster kernel could still win.
 
 import argparse
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -32,10 +33,13 @@ from escort_tf.timing import time_side_by_side  # noqa: E402
 
 
 def _short(kernel_name, width=90):
-    """A kernel's name cut to its function (templates and arguments dropped
-    where it is long), for a table cell."""
-    name = kernel_name.split("(", 1)[0].split("<", 1)[0].strip()
-    name = name.split()[-1] if name else kernel_name
+    """A kernel's qualified function name, without return type, template and
+    parameters, for a table cell."""
+    name = kernel_name.replace("(anonymous namespace)::", "")
+    while re.search(r"<[^<>]*>", name):  # template arguments, innermost first
+        name = re.sub(r"<[^<>]*>", "", name)
+    name = name.split("(", 1)[0].split()
+    name = name[-1] if name else kernel_name
     return name if len(name) <= width else name[:width - 3] + "..."
 
 
