@@ -395,10 +395,10 @@ def test_gpu_kernel_registration_matches_build_flavour():
     # The CUDA flavour registers a GPU kernel even on a machine without a
     # GPU; it is compiled and linked but cannot run here.
     from tensorflow.python.framework import kernels  # pylint: disable=import-outside-toplevel
+    expected_gpu = os.environ.get("ESCORT_TF_EXPECT_CUDA")
     for op in ("Escort>CsrConv2D", "Escort>CsrConv2DV2"):
         devices = {k.device_type for k in kernels.get_registered_kernels_for_op(op).kernel}
         assert "CPU" in devices
-        expected_gpu = os.environ.get("ESCORT_TF_EXPECT_CUDA")
         if expected_gpu is not None:
             assert ("GPU" in devices) == (expected_gpu == "1")
 

@@ -189,12 +189,8 @@ class CsrConv2DCpuOp : public CsrConv2DOpBase {
                               .Device(DEVICE_CPU)                        \
                               .TypeConstraint<T>("T")                    \
                               .TypeConstraint<U>("U"),                   \
-                          CsrConv2DCpuOp<T, U>)
-REGISTER_CPU(float, float);
-REGISTER_CPU(Eigen::half, Eigen::half);
-REGISTER_CPU(Eigen::half, float);
-REGISTER_CPU(Eigen::bfloat16, Eigen::bfloat16);
-REGISTER_CPU(Eigen::bfloat16, float);
+                          CsrConv2DCpuOp<T, U>);
+ESCORT_CSR_CONV2D_V2_TYPES(REGISTER_CPU)
 #undef REGISTER_CPU
 #define REGISTER_CPU(T)                                                    \
   REGISTER_KERNEL_BUILDER(                                                 \

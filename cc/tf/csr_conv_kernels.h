@@ -51,6 +51,16 @@ class CsrConv2DOpBase : public OpKernel {
   escort::Activation activation_ = escort::Activation::kNone;
 };
 
+// The (T, U) pairs Escort>CsrConv2DV2 has kernels for, on every device: the
+// values' type U is T, or float for a 16-bit T (mixed precision). X(T, U)
+// is applied to each pair.
+#define ESCORT_CSR_CONV2D_V2_TYPES(X) \
+  X(float, float)                     \
+  X(Eigen::half, Eigen::half)         \
+  X(Eigen::half, float)               \
+  X(Eigen::bfloat16, Eigen::bfloat16) \
+  X(Eigen::bfloat16, float)
+
 }  // namespace escort_tf
 }  // namespace tensorflow
 

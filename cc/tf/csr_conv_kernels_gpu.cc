@@ -144,6 +144,19 @@ absl::Status AsFloat(OpKernelContext* context, const Tensor& tensor,
   }
 }
 
+// The device float `tensor` rounded to the 16-bit T in a new temporary (the
+// reverse of AsFloat); `what` names it in a launch error.
+template <typename T>
+absl::Status AsHalf(OpKernelContext* context, const Tensor& tensor,
+                    cudaStream_t stream, Tensor* rounded, const char* what) {
+  TF_RETURN_IF_ERROR(
+      context->allocate_temp(DataTypeToEnum<T>::value, tensor.shape(), rounded));
+  return CudaStatus(
+      escort::FloatToHalfGpu(HalfTypeOf<T>(), tensor.flat<float>().data(),
+                             rounded->data(), tensor.NumElements(), stream),
+      what);
+}
+
 // T: the input's and output's type; U: the values' and bias's (T, or float
 // for V2's mixed precision).
 template <typename T, typename U>
@@ -334,23 +347,13 @@ class CsrConv2DGpuOp : public CsrConv2DOpBase {
     const void* packable_values = values.data();
     Tensor rounded_values;
     if constexpr (kRounds) {
-      TF_RETURN_IF_ERROR(context->allocate_temp(DataTypeToEnum<T>::value,
-                                                values.shape(), &rounded_values));
-      TF_RETURN_IF_ERROR(CudaStatus(
-          escort::FloatToHalfGpu(HalfTypeOf<T>(), values.flat<float>().data(),
-                                 rounded_values.data(), values.NumElements(),
-                                 stream),
-          "rounding the float filter values"));
+      TF_RETURN_IF_ERROR(AsHalf<T>(context, values, stream, &rounded_values,
+                                   "rounding the float filter values"));
       packable_values = rounded_values.data();
       if (round_bias) {
         fresh->source_bias = bias;
-        TF_RETURN_IF_ERROR(context->allocate_temp(
-            DataTypeToEnum<T>::value, bias.shape(), &fresh->rounded_bias));
-        TF_RETURN_IF_ERROR(CudaStatus(
-            escort::FloatToHalfGpu(HalfTypeOf<T>(), bias.flat<float>().data(),
-                                   fresh->rounded_bias.data(),
-                                   bias.NumElements(), stream),
-            "rounding the float bias"));
+        TF_RETURN_IF_ERROR(AsHalf<T>(context, bias, stream, &fresh->rounded_bias,
+                                     "rounding the float bias"));
       }
     }
     const int64_t num_packed = filter->sparse24_value_index.NumElements();
@@ -423,12 +426,8 @@ REGISTER_GPU(Eigen::bfloat16);
                               .TypeConstraint<U>("U")        \
                               .HostMemory("row_offsets")     \
                               .HostMemory("column_indices"), \
-                          CsrConv2DGpuOp<T, U>)
-REGISTER_GPU(float, float);
-REGISTER_GPU(Eigen::half, Eigen::half);
-REGISTER_GPU(Eigen::half, float);
-REGISTER_GPU(Eigen::bfloat16, Eigen::bfloat16);
-REGISTER_GPU(Eigen::bfloat16, float);
+                          CsrConv2DGpuOp<T, U>);
+ESCORT_CSR_CONV2D_V2_TYPES(REGISTER_GPU)
 #undef REGISTER_GPU
 
 }  // namespace
