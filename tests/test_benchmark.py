@@ -308,7 +308,7 @@ def test_samples_are_timed_with_the_garbage_collector_off():
 def test_gpu_kernel_time_counts_each_kernel_once_and_no_copies():
     """benchmarks/gpu_tf/common.kernel_ps on a profile built by hand: the GPU
     planes' stream lines only, a kernel listed on two lines once, copies and
-    derived lines left out."""
+    derived lines left out (copy_ps_by_kind counts the copies)."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     gpu_tf_common = _load("escort_gpu_tf_common", "benchmarks/gpu_tf/common.py")
@@ -335,6 +335,8 @@ def test_gpu_kernel_time_counts_each_kernel_once_and_no_copies():
     # Two GPUs, two launches each.
     assert gpu_tf_common.kernel_ps_by_name(space) == {
         "Sparse24WgmmaKernel": (2 * (5_000_000 + 3_000_000), 4)}
+    # The copies, one per GPU, apart.
+    assert gpu_tf_common.copy_ps_by_kind(space) == {"MemcpyDtoH": (2 * 40_000_000, 2)}
 
     with pytest.raises(RuntimeError, match="no GPU kernel"):
         gpu_tf_common.kernel_ps(xplane_pb2.XSpace(planes=[host]))

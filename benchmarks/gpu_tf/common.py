@@ -119,14 +119,10 @@ def model_gpu_ms(fns, x):
         {name: (lambda fn=fn: fn(x)) for name, fn in fns.items()}).items()}
 
 
-def kernel_ps_by_name(space):
-    """{kernel name: (picoseconds, launches)} of the GPU kernels in a profile
-    (`XSpace`), copies excluded.
-
-    Raises:
-        RuntimeError: if it holds no GPU kernel.
-    """
-    kernels = set()
+def _stream_events(space):
+    """{(GPU, start ps, name, duration ps)} of every event on the GPU planes'
+    raw CUPTI stream lines of a profile (`XSpace`): kernels and copies."""
+    events = set()
     for plane in space.planes:
         if not plane.name.startswith("/device:GPU:"):
             continue
@@ -136,18 +132,37 @@ def kernel_ps_by_name(space):
             if not re.match(r"Stream #\d+", line.name):
                 continue
             for event in line.events:
-                name = names.get(event.metadata_id, "")
-                if not name.startswith("Memcpy"):
-                    # One event per (GPU, start, kernel): listed twice, it counts once.
-                    kernels.add((plane.name, line.timestamp_ns * 1000 + event.offset_ps,
-                                 name, event.duration_ps))
+                # One event per (GPU, start, name): listed twice, it counts once.
+                events.add((plane.name, line.timestamp_ns * 1000 + event.offset_ps,
+                            names.get(event.metadata_id, ""), event.duration_ps))
+    return events
+
+
+def _ps_by_name(events):
+    by_name = {}
+    for _, _, name, duration in events:
+        ps, count = by_name.get(name, (0, 0))
+        by_name[name] = (ps + duration, count + 1)
+    return by_name
+
+
+def kernel_ps_by_name(space):
+    """{kernel name: (picoseconds, launches)} of the GPU kernels in a profile
+    (`XSpace`), copies excluded.
+
+    Raises:
+        RuntimeError: if it holds no GPU kernel.
+    """
+    kernels = {e for e in _stream_events(space) if not e[2].startswith("Memcpy")}
     if not kernels:
         raise RuntimeError("the TF profile holds no GPU kernel")
-    by_name = {}
-    for _, _, name, duration in kernels:
-        ps, launches = by_name.get(name, (0, 0))
-        by_name[name] = (ps + duration, launches + 1)
-    return by_name
+    return _ps_by_name(kernels)
+
+
+def copy_ps_by_kind(space):
+    """{copy kind ("MemcpyHtoD", "MemcpyDtoH", ...): (picoseconds, copies)} of
+    the GPU copies in a profile (`XSpace`); {} where there were none."""
+    return _ps_by_name({e for e in _stream_events(space) if e[2].startswith("Memcpy")})
 
 
 def kernel_ps(space):

@@ -57,6 +57,10 @@ def variant_profile(fn, runs, top):
         profile["kernels"] = [{"name": _short(name), "ms": ps / 1e9 / runs,
                                "launches_per_call": n / runs}
                               for name, (ps, n) in kernels[:top]]
+        # Copies per call: a host-memory op input fed from device memory
+        # shows here as a device-to-host copy per call.
+        profile["copies_per_call"] = {kind: {"ms": ps / 1e9 / runs, "count": n / runs}
+                                      for kind, (ps, n) in common.copy_ps_by_kind(space).items()}
     return profile
 
 
@@ -65,13 +69,15 @@ def markdown(report):
              common.machine_line(report["machine"]), "",
              "Wall: median `tf.function` call, variants interleaved. GPU: kernel time "
              "per call (TF profiler). Host ops: executor time per op type, summed.", "",
-             "| variant | wall ms | GPU ms | kernels per call | host op ms |",
-             "|---|---|---|---|---|"]
+             "| variant | wall ms | GPU ms | kernels per call | copies per call | host op ms |",
+             "|---|---|---|---|---|---|"]
     variants = report["variants"]
     for name, v in variants.items():
         gpu = f"{v['gpu_ms']:.3f}" if "gpu_ms" in v else "-"
         launches = f"{v['kernels_per_call']:.0f}" if "kernels_per_call" in v else "-"
-        lines.append(f"| {name} | {v['wall_ms']:.3f} | {gpu} | {launches} | "
+        copies = ", ".join(f"{c['count']:.0f} {kind}" for kind, c in
+                           v.get("copies_per_call", {}).items()) or "-"
+        lines.append(f"| {name} | {v['wall_ms']:.3f} | {gpu} | {launches} | {copies} | "
                      f"{v['host_op_ms_total']:.3f} |")
     for name, v in variants.items():
         lines += ["", f"## {name}", "", "| kernel | ms per call | launches per call |",
