@@ -8,7 +8,11 @@
 // op is fed the very same host buffers: the kernel holds a reference to
 // them, and TensorFlow copies a buffer that is still referenced before
 // updating a variable in place, so a buffer seen again holds the values
-// that were validated. Any other buffer is validated and uploaded anew.
+// that were validated. A different buffer with the same contents (indices
+// kept in GPU memory arrive as a fresh host copy every call, as after
+// loading a SavedModel, whose variables go to the GPU) is reused too, after
+// a comparison, which costs far less than validating, uploading and
+// synchronising the stream. Any other buffer is validated and uploaded anew.
 // The tile choice is cached by the layer-1 launcher, keyed by geometry.
 //
 // float16/bfloat16 filters that are 2:4 along the input channels run on
@@ -35,6 +39,7 @@
 #include "cc/kernels/csr_conv_gpu.h"
 #include "cc/kernels/sparse24_conv.h"
 #include "cc/kernels/sparse24_conv_gpu.h"
+#include "absl/strings/string_view.h"
 #include "cc/tf/csr_conv_kernels.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
@@ -59,6 +64,15 @@ bool IsKeptBuffer(const Tensor& kept, const Tensor& input) {
   return kept.SharesBufferWith(input) && kept.NumElements() == input.NumElements();
 }
 
+// Whether host tensor `input` holds what `kept` holds: the kept buffer, or a
+// copy of it (see the file comment).
+bool HoldsKeptContents(const Tensor& kept, const Tensor& input) {
+  if (IsKeptBuffer(kept, input)) return true;
+  const absl::string_view kept_bytes = kept.tensor_data(), input_bytes = input.tensor_data();
+  return kept.dtype() == input.dtype() && kept.NumElements() == input.NumElements() &&
+         kept_bytes == input_bytes;
+}
+
 // A validated CSR index pair and its device copy, or its 2:4 layout.
 struct DeviceFilter {
   Tensor host_row_offsets, host_column_indices;
@@ -70,8 +84,8 @@ struct DeviceFilter {
 
   bool Serves(const Tensor& row_offsets_in,
               const Tensor& column_indices_in) const {
-    return IsKeptBuffer(host_row_offsets, row_offsets_in) &&
-           IsKeptBuffer(host_column_indices, column_indices_in);
+    return HoldsKeptContents(host_row_offsets, row_offsets_in) &&
+           HoldsKeptContents(host_column_indices, column_indices_in);
   }
 };
 

@@ -194,6 +194,35 @@ def test_filter_cache_follows_assigned_variables(rng):
         np.testing.assert_allclose(call(x), expected(first), rtol=1e-5, atol=1e-4)
 
 
+def test_eager_calls_with_fresh_index_arrays_follow_their_contents(rng):
+    """Eager calls hand the op new index buffers every time. The kernel may
+    reuse its validated filter for a new buffer only when its contents are
+    equal: filters of the same sizes in turn, and then a corrupted copy of the
+    last one, must each give their own result."""
+    shape, nnz = (3, 3, 8, 16), 300
+    kernels = [_kernel_with_nnz(rng, shape, nnz) for _ in range(2)]
+    x = rng.standard_normal((2, 10, 10, 8)).astype(np.float32)
+
+    def call(csr, column_indices=None):
+        # Fresh numpy copies: a new host buffer for every argument.
+        return escort_tf.ops.csr_conv2d(
+            x, csr.row_offsets.copy(),
+            (csr.column_indices if column_indices is None else column_indices).copy(),
+            csr.values.copy(), shape).numpy()
+
+    csrs = [escort_tf.CsrFilter.from_dense(kernel) for kernel in kernels]
+    with tf.device(GPU):
+        for i in (0, 0, 1, 1, 0, 1):
+            with tf.device("/CPU:0"):
+                expected = tf.nn.conv2d(x.astype(np.float64), kernels[i].astype(np.float64),
+                                        1, "SAME").numpy()
+            np.testing.assert_allclose(call(csrs[i]), expected, rtol=1e-5, atol=1e-4)
+        broken = csrs[1].column_indices.copy()
+        broken[-1] = 10**6
+        with pytest.raises(tf.errors.InvalidArgumentError, match="column_indices"):
+            call(csrs[1], broken)
+
+
 def test_many_geometries_in_one_model(rng):
     """Layers of many shapes, and one layer at several input sizes, in one graph."""
     specs = [(3, 8, 3, 1, 1), (8, 16, 3, 2, 1), (16, 16, 1, 1, 1), (16, 32, 3, 1, 2),
