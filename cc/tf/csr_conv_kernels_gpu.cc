@@ -8,11 +8,11 @@
 // op is fed the very same host buffers: the kernel holds a reference to
 // them, and TensorFlow copies a buffer that is still referenced before
 // updating a variable in place, so a buffer seen again holds the values
-// that were validated. A different buffer with the same contents (indices
-// kept in GPU memory arrive as a fresh host copy every call, as after
-// loading a SavedModel, whose variables go to the GPU) is reused too, after
-// a comparison, which costs far less than validating, uploading and
-// synchronising the stream. Any other buffer is validated and uploaded anew.
+// that were validated. A different buffer with the same contents (eager
+// calls, which convert the caller's arrays into new tensors every call) is
+// served too, after a byte comparison, which costs far less than
+// validating, uploading and synchronising the stream. Any other buffer is
+// validated and uploaded anew.
 // The tile choice is cached by the layer-1 launcher, keyed by geometry.
 //
 // float16/bfloat16 filters that are 2:4 along the input channels run on
