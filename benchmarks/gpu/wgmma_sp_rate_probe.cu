@@ -8,7 +8,7 @@
 //                  one group left in flight: the dense reference rate;
 //   sp_deep:       sparse m64n128k32, 8 per commit, one group left in flight;
 //   sp_wait0:      sparse, 2 per commit (one 64-channel stage), wait_group 0
-//                  after each: the kernel's retire-before-reload rule;
+//                  before each stage: the kernel's retire-before-reload rule;
 //   sp_wait0_lds:  sp_wait0, and each stage's A fragments and metadata loaded
 //                  from shared memory after the wait, as MultiplyStage does;
 //   sp_wait0_lds_bar: that and a block-wide barrier per stage, as the TMA
@@ -16,9 +16,12 @@
 //   sp_wait1_lds_2sets(_bar): the alternative, A and metadata in two register
 //                  sets used in turn, so that one stage's wgmma stays in
 //                  flight while the next stage's fragments load (wait_group 1).
-// One block per SM (100 KB of shared memory each), 1, 2 or 4 warpgroups.
+// One block per SM (120 KB of shared memory each: two would not fit), 1, 2
+// or 4 warpgroups, every warpgroup running kStages stages side by side.
 // Prints one JSON line per (mode, warpgroups): dense-equivalent TFLOP/s and
-// the SM clock's cycles per stage per warpgroup.
+// the cycles a stage takes at the SM's maximum clock (more than it really
+// takes if the clock runs lower; the timed kernel also fills the 36 KB of
+// operands first, a few percent at one warpgroup).
 //   nvcc -O3 -I../.. -gencode=arch=compute_90a,code=sm_90a wgmma_sp_rate_probe.cu \
 //     -o wgmma_sp_rate_probe && ./wgmma_sp_rate_probe
 #include <cuda_fp16.h>
@@ -36,8 +39,10 @@ enum Mode {
 constexpr const char* kModeNames[kNumModes] = {
     "dense_rs", "sp_deep", "sp_wait0", "sp_wait0_lds", "sp_wait0_lds_bar",
     "sp_wait1_lds_2sets", "sp_wait1_lds_2sets_bar"};
-constexpr int kSmemBytes = 100 * 1024;
-constexpr int kBBytes = 16 * 1024;  // 128 rows of 128 bytes: one stage's B
+constexpr int kSmemBytes = 120 * 1024;
+constexpr int kBBytes = 16 * 1024;        // 128 rows of 128 bytes: one stage's B
+constexpr int kAFragBytes = 8 * 128 * 16;  // 8 stages' A fragments of a warpgroup
+constexpr int kMetaBytes = 8 * 128 * 4;    // and their metadata
 constexpr int kStages = 2048;       // per warpgroup per launch
 
 __device__ __forceinline__ uint64_t BDescriptor(uint32_t address) {
@@ -82,57 +87,55 @@ __device__ __forceinline__ void FenceAcc(float (&d)[64]) {
   for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
+// One 64-channel stage of one warpgroup, as the 2:4 kernel runs it: wait
+// until at most kPending groups are in flight, load this stage's A fragment
+// and metadata into `a` and `e` (kLoad; else they stay), two sparse k32
+// wgmma, commit, and (kBarrier) the block-wide barrier.
+template <int kPending, bool kLoad, bool kBarrier>
+__device__ __forceinline__ void SparseStage(float (&d)[64], uint4& a, uint32_t& e,
+                                            const uint4* a_frags, const uint32_t* metas,
+                                            int slot, uint64_t b0, uint64_t b1) {
+  Wait<kPending>();
+  FenceAcc(d);
+  if constexpr (kLoad) {
+    a = a_frags[slot];
+    e = metas[slot];
+  }
+  Fence();
+  SparseMma(d, a, b0, e);
+  SparseMma(d, a, b1, e);
+  Commit();
+  if constexpr (kBarrier) __syncthreads();
+}
+
 template <int kMode>
 __global__ void __launch_bounds__(512, 1) RateKernel(float* sink) {
   extern __shared__ __align__(1024) unsigned char smem[];
   // B and the A fragments: small nonzero halves (1/64), so that the tensor
   // cores multiply real numbers; 2:4 metadata: each group keeps elements 0, 1.
-  for (int i = threadIdx.x; i < kSmemBytes / 2; i += blockDim.x) {
+  for (int i = threadIdx.x; i < (kBBytes + kAFragBytes) / 2; i += blockDim.x) {
     reinterpret_cast<__half*>(smem)[i] = __float2half(((i * 7) % 13 - 6) / 64.f);
   }
-  __syncthreads();
-  uint32_t* metas = reinterpret_cast<uint32_t*>(smem + kBBytes + 16384);
-  for (int i = threadIdx.x; i < 8 * 128; i += blockDim.x) metas[i] = 0x44444444u;
+  uint32_t* metas = reinterpret_cast<uint32_t*>(smem + kBBytes + kAFragBytes);
+  for (int i = threadIdx.x; i < kMetaBytes / 4; i += blockDim.x) metas[i] = 0x44444444u;
   __syncthreads();
   const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   const uint4* a_frags = reinterpret_cast<const uint4*>(smem + kBBytes);
   const int lane_slot = threadIdx.x % 128;
+  // A different fragment each stage, as a pipeline's stages are.
+  auto slot = [&](int stage) { return (stage % 8) * 128 + lane_slot; };
   uint4 a = a_frags[lane_slot];
-  uint32_t e = 0x44444444u;
+  uint32_t e = metas[lane_slot];
   float d[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) d[i] = 0.f;
   const uint64_t b0 = BDescriptor(base), b1 = BDescriptor(base + 64);
-  if constexpr (kMode >= kSpWait1Lds2Sets) {
-    uint4 a_odd = a;
-    uint32_t e_odd = e;
-    for (int stage = 0; stage < kStages; stage += 2) {
-      // Even stages on (a, e), odd ones on (a_odd, e_odd): the set being
-      // loaded last fed the wgmma two stages back, which wait_group 1 retired.
-      Wait<1>();
-      FenceAcc(d);
-      a = a_frags[(stage % 8) * 128 + lane_slot];
-      e = metas[(stage % 8) * 128 + lane_slot];
-      Fence();
-      SparseMma(d, a, b0, e);
-      SparseMma(d, a, b1, e);
-      Commit();
-      if constexpr (kMode == kSpWait1Lds2SetsBar) __syncthreads();
-      Wait<1>();
-      FenceAcc(d);
-      a_odd = a_frags[((stage + 1) % 8) * 128 + lane_slot];
-      e_odd = metas[((stage + 1) % 8) * 128 + lane_slot];
-      Fence();
-      SparseMma(d, a_odd, b0, e_odd);
-      SparseMma(d, a_odd, b1, e_odd);
-      Commit();
-      if constexpr (kMode == kSpWait1Lds2SetsBar) __syncthreads();
-    }
-  }
-  for (int stage = 0; stage < kStages && kMode < kSpWait1Lds2Sets; ++stage) {
-    if constexpr (kMode == kDenseRs) {
-      // One stage = 64 channels = 4 dense k16 steps: the same FLOPs as two
-      // sparse k32 steps' dense equivalent.
+  constexpr bool kBarrier = kMode == kSpWait0LdsBar || kMode == kSpWait1Lds2SetsBar;
+  if constexpr (kMode == kDenseRs) {
+    // One stage = 64 channels = 4 dense k16 steps: the dense FLOPs of two
+    // sparse k32 steps.
+#pragma unroll 1
+    for (int stage = 0; stage < kStages; ++stage) {
       Fence();
       DenseMma(d, a, b0);
       DenseMma(d, a, b0 + 2);
@@ -140,8 +143,12 @@ __global__ void __launch_bounds__(512, 1) RateKernel(float* sink) {
       DenseMma(d, a, b1 + 2);
       Commit();
       Wait<1>();
-    } else if constexpr (kMode == kSpDeep) {
-      if (stage % 4 != 0) continue;  // 4 stages (8 wgmma) per group
+    }
+  } else if constexpr (kMode == kSpDeep) {
+    // 4 stages (8 wgmma) per group. Not unrolled: two iterations' 16 wgmma
+    // in flight made ptxas serialise them (C7512).
+#pragma unroll 1
+    for (int stage = 0; stage < kStages; stage += 4) {
       Fence();
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
@@ -150,19 +157,21 @@ __global__ void __launch_bounds__(512, 1) RateKernel(float* sink) {
       }
       Commit();
       Wait<1>();
-    } else {
-      Wait<0>();
-      FenceAcc(d);
-      if constexpr (kMode >= kSpWait0Lds) {
-        // A different fragment each stage, as a pipeline's stages are.
-        a = a_frags[(stage % 8) * 128 + lane_slot];
-        e = metas[(stage % 8) * 128 + lane_slot];
-      }
-      Fence();
-      SparseMma(d, a, b0, e);
-      SparseMma(d, a, b1, e);
-      Commit();
-      if constexpr (kMode == kSpWait0LdsBar) __syncthreads();
+    }
+  } else if constexpr (kMode == kSpWait1Lds2Sets || kMode == kSpWait1Lds2SetsBar) {
+    // Even stages on (a, e), odd ones on (a_odd, e_odd): the set being
+    // loaded last fed the wgmma two stages back, which wait_group 1 retired.
+    uint4 a_odd = a;
+    uint32_t e_odd = e;
+#pragma unroll 1
+    for (int stage = 0; stage < kStages; stage += 2) {
+      SparseStage<1, true, kBarrier>(d, a, e, a_frags, metas, slot(stage), b0, b1);
+      SparseStage<1, true, kBarrier>(d, a_odd, e_odd, a_frags, metas, slot(stage + 1), b0, b1);
+    }
+  } else {
+#pragma unroll 1
+    for (int stage = 0; stage < kStages; ++stage) {
+      SparseStage<0, kMode != kSpWait0, kBarrier>(d, a, e, a_frags, metas, slot(stage), b0, b1);
     }
   }
   Wait<0>();
@@ -198,7 +207,7 @@ void Run(int num_sms, float* sink) {
     // Dense-equivalent FLOPs of one stage of one warpgroup: 64 x 128 x 64 x 2.
     const double flops = 2.0 * 64 * 128 * 64 * kStages * warpgroups * num_sms;
     printf("{\"mode\": \"%s\", \"warpgroups\": %d, \"us\": %.1f, \"dense_equiv_tflops\": %.1f, "
-           "\"cycles_per_stage_per_block_at_max_clock\": %.1f}\n",
+           "\"cycles_per_stage_at_max_clock\": %.1f}\n",
            kModeNames[kMode], warpgroups, seconds * 1e6, flops / seconds / 1e12,
            seconds * clock_khz * 1e3 / kStages);
   }
