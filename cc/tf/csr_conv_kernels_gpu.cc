@@ -39,7 +39,6 @@
 #include "cc/kernels/csr_conv_gpu.h"
 #include "cc/kernels/sparse24_conv.h"
 #include "cc/kernels/sparse24_conv_gpu.h"
-#include "absl/strings/string_view.h"
 #include "cc/tf/csr_conv_kernels.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
@@ -67,10 +66,9 @@ bool IsKeptBuffer(const Tensor& kept, const Tensor& input) {
 // Whether host tensor `input` holds what `kept` holds: the kept buffer, or a
 // copy of it (see the file comment).
 bool HoldsKeptContents(const Tensor& kept, const Tensor& input) {
-  if (IsKeptBuffer(kept, input)) return true;
-  const absl::string_view kept_bytes = kept.tensor_data(), input_bytes = input.tensor_data();
-  return kept.dtype() == input.dtype() && kept.NumElements() == input.NumElements() &&
-         kept_bytes == input_bytes;
+  return IsKeptBuffer(kept, input) ||
+         (kept.dtype() == input.dtype() && kept.NumElements() == input.NumElements() &&
+          kept.tensor_data() == input.tensor_data());
 }
 
 // A validated CSR index pair and its device copy, or its 2:4 layout.
