@@ -12,7 +12,9 @@ Example:
                          predict_images=32, predict_batch=8, predict_reps=5)
 """
 
+import contextlib
 import dataclasses
+import logging
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -25,6 +27,30 @@ from escort_tf import skimcaffe_models
 from escort_tf.convert import convert
 from escort_tf.measurement import machine_info, outputs_match
 from escort_tf.timing import time_side_by_side
+
+
+class _DropRetracingWarnings(logging.Filter):
+    """Drops TF's "triggered tf.function retracing" warning.
+
+    tf_keras traces a predict function per model, and TF counts the traces of
+    all of them together (they share one Python function), so predicting with
+    a few models in turn trips a warning meant for code that re-creates
+    `tf.function`s in a loop: it says nothing about the models timed here.
+    """
+
+    def filter(self, record):
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_retracing_warnings():
+    """TF's logger without `_DropRetracingWarnings`' warning inside the block."""
+    logger, quiet = tf.get_logger(), _DropRetracingWarnings()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def _conv_summary(model, sparsities: Dict[str, float], converted_names: List[str]):
@@ -115,7 +141,8 @@ def bench_model(name: str, dense, sparse, batches: Sequence[int], reps: int,
     for kind, m in models.items():
         predict_fns[kind] = lambda m=m: m.predict(images, batch_size=predict_batch, verbose=0)
         predict_fns[kind + "_dataset"] = lambda m=m: m.predict(dataset, verbose=0)
-    predict_times = time_side_by_side(predict_fns, reps=predict_reps, warmup=1)
+    with _quiet_retracing_warnings():
+        predict_times = time_side_by_side(predict_fns, reps=predict_reps, warmup=1)
     predict = {"images": predict_images, "batch_size": predict_batch, "reps": predict_reps,
                "statistic": "min"}
     for kind in models:

@@ -9,11 +9,13 @@ import gc
 import importlib.resources
 import importlib.util
 import json
+import logging
 import math
 import pathlib
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tf_keras
 
 import escort_tf
@@ -156,6 +158,21 @@ def test_prune_convert_and_bench_model_tiny(demo):
     assert _finite_positive(result["predict"]["dataset_speedup"])
     assert result["predict"]["dataset_speedup"] == pytest.approx(
         result["predict"]["dataset_dense_ms"] / result["predict"]["dataset_sparse_ms"])
+
+
+def test_predict_timing_drops_only_tfs_retracing_warning(caplog):
+    """Timing several models' `predict` trips TF's frequent-retracing warning
+    (their predict functions share one Python function); bench_model drops
+    that warning while it times, and nothing else, and only then."""
+    retracing = ("5 out of the last 31 calls to <function predict_function> triggered "
+                 "tf.function retracing. Tracing is expensive")
+    logger = tf.get_logger()
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        with model_timing._quiet_retracing_warnings():
+            logger.warning(retracing)
+            logger.warning("another warning")
+        logger.warning(retracing)
+    assert [r.getMessage() for r in caplog.records] == ["another warning", retracing]
 
 
 def test_uniform_sparsity_of_keeps_the_profiles_layers(demo):
