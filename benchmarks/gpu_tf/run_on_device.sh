@@ -63,10 +63,15 @@ tf.config.list_physical_devices('GPU'), 'escort_tf', escort_tf.__version__)"
     env_ready
     shift
     # The standalone kernel first, through the PyTorch harness (no TF in that
-    # process): its own test, then its device times.
-    (cd benchmarks/gpu && bash build.sh /tmp/kernel_build > "$OUT/kernel.log" 2>&1 \
-      && /tmp/kernel_build/csr_conv_gpu_test 60 2 >> "$OUT/kernel.log" 2>&1 \
-      && env -u LD_LIBRARY_PATH -u PYTHONPATH ESCORT_GPU_LIB=/tmp/kernel_build/libescort_gpu.so \
+    # process): its own test, then its device times. ESCORT_KERNEL_BUILD names
+    # a folder where benchmarks/gpu/build.sh already built it (carried, to
+    # spare the device the compile), else it is built here.
+    kernel_build="$(realpath -m "${ESCORT_KERNEL_BUILD:-/tmp/kernel_build}")"
+    ([ -f "$kernel_build/libescort_gpu.so" ] && [ -f "$kernel_build/csr_conv_gpu_test" ] \
+      || (cd benchmarks/gpu && bash build.sh "$kernel_build" > "$OUT/kernel.log" 2>&1)) \
+      && "$kernel_build/csr_conv_gpu_test" 60 2 >> "$OUT/kernel.log" 2>&1 \
+      && (cd benchmarks/gpu && env -u LD_LIBRARY_PATH -u PYTHONPATH \
+        ESCORT_GPU_LIB="$kernel_build/libescort_gpu.so" \
         python3 bench.py --json "$OUT/kernel.json" --escort-only --skim-only --batches 1,32 \
         >> "$OUT/kernel.log" 2>&1) \
       || echo "standalone kernel run failed: see kernel.log"
