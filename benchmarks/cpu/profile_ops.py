@@ -14,12 +14,10 @@ name a new one by its host and date).
 """
 
 import argparse
-import glob
 import json
 import os
 import pathlib
 import sys
-import tempfile
 import time
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -28,7 +26,6 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # the dense peer of bench_m
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
 from escort_tf import fold, skimcaffe_models  # noqa: E402
 from escort_tf.measurement import machine_info  # noqa: E402
@@ -36,24 +33,20 @@ from escort_tf.model_timing import prune_and_convert  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 import harness  # noqa: E402  (benchmarks/harness.py)
-from gpu_tf import common as gpu_tf_common  # noqa: E402  (its profile parsing)
+from gpu_tf import common as gpu_tf_common  # noqa: E402  (its profile recording and parsing)
 
 
 def op_times_ms(call, x, reps):
     """(wall ms per call, {op type: ms per call}) of `reps` profiled calls."""
     for _ in range(2):  # trace and warm up outside the profile
         call(x).numpy()
-    with tempfile.TemporaryDirectory() as logdir:
-        tf.profiler.experimental.start(logdir)
+    with gpu_tf_common.recording() as spaces:
         start = time.perf_counter()
         for _ in range(reps):
             call(x).numpy()
         wall_ms = 1e3 * (time.perf_counter() - start) / reps
-        tf.profiler.experimental.stop()
-        (path,) = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)
-        space = xplane_pb2.XSpace.FromString(pathlib.Path(path).read_bytes())
     return wall_ms, {op: ps / 1e9 / reps
-                     for op, ps in gpu_tf_common.host_op_ps_by_type(space).items()}
+                     for op, ps in gpu_tf_common.host_op_ps_by_type(spaces[0]).items()}
 
 
 def main():

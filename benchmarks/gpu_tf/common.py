@@ -71,19 +71,29 @@ def serial_calls(conv, xs, calls):
     return run
 
 
+@contextlib.contextmanager
+def recording():
+    """Records a TF profile of the block: the list it yields holds the
+    profile (`XSpace`) once the block has ended."""
+    spaces = []
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        try:
+            yield spaces
+        finally:
+            tf.profiler.experimental.stop()
+        (path,) = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)
+        spaces.append(xplane_pb2.XSpace.FromString(pathlib.Path(path).read_bytes()))
+
+
 def profile(fn, runs=3):
     """The TF profile (`XSpace`) of `runs` calls of `fn`, each waited for; a
     first call, outside the profile, traces and autotunes."""
     wait_for(fn())
-    with tempfile.TemporaryDirectory() as logdir:
-        tf.profiler.experimental.start(logdir)
-        try:
-            for _ in range(runs):
-                wait_for(fn())
-        finally:
-            tf.profiler.experimental.stop()
-        (path,) = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)
-        return xplane_pb2.XSpace.FromString(pathlib.Path(path).read_bytes())
+    with recording() as spaces:
+        for _ in range(runs):
+            wait_for(fn())
+    return spaces[0]
 
 
 def gpu_kernel_us(fn, runs=3):

@@ -51,9 +51,10 @@ def variant_profile(fn, runs, top):
     profile = {"host_op_ms": {op: ps / 1e9 / runs for op, ps in per_type[:top]},
                "host_op_ms_total": sum(ps for _, ps in per_type) / 1e9 / runs}
     if tf.config.list_physical_devices("GPU"):
-        kernels = sorted(common.kernel_ps_by_name(space).items(), key=lambda kv: -kv[1][0])
-        profile["gpu_ms"] = sum(ps for ps, _ in dict(kernels).values()) / 1e9 / runs
-        profile["kernels_per_call"] = sum(n for _, n in dict(kernels).values()) / runs
+        by_name = common.kernel_ps_by_name(space)
+        kernels = sorted(by_name.items(), key=lambda kv: -kv[1][0])
+        profile["gpu_ms"] = sum(ps for ps, _ in by_name.values()) / 1e9 / runs
+        profile["kernels_per_call"] = sum(n for _, n in by_name.values()) / runs
         profile["kernels"] = [{"name": _short(name), "ms": ps / 1e9 / runs,
                                "launches_per_call": n / runs}
                               for name, (ps, n) in kernels[:top]]
